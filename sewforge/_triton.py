@@ -1,0 +1,28 @@
+"""Optional Triton import.
+
+Triton ships with the Linux builds of torch; where it is missing (CPU-only wheels, macOS) the
+element definitions still import and the PyTorch reference is used everywhere.
+"""
+from __future__ import annotations
+
+import os
+
+try:  # pragma: no cover - depends on the installation
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+
+def jit(fn):
+    """``triton.jit`` when Triton is installed, else the plain function (never launched)."""
+    return triton.jit(fn) if HAS_TRITON else fn
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

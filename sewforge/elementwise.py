@@ -1,0 +1,107 @@
+"""Spike-element-wise functions g (Table 1): ``O = g(A, S)``.
+
+``A`` is the residual branch's spikes (``SN(F(S))``), ``S`` the shortcut; the order matters for
+IAND. Each function is given in PyTorch and as ``@triton.jit`` functions with its two partial
+derivatives, so the fused SEW kernel computes ``g(SN(X), S)`` and its backward in one pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ._triton import jit, tl  # noqa: F401  (the interpreter needs tl in the module of every jit function)
+from .registry import ELEMENTWISE
+
+__all__ = ["ElementwiseFunction", "create_elementwise", "sew_function", "ADD", "AND", "IAND"]
+
+
+@dataclass(frozen=True)
+class ElementwiseFunction:
+    """``g(a, s)`` in PyTorch and Triton, with ``dg/da`` and ``dg/ds`` for the fused backward."""
+
+    name: str
+    torch_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    triton_fn: Any
+    triton_dg_da: Any
+    triton_dg_ds: Any
+    #: the value of A that makes ``g(A, S) == S`` for binary S (0 for ADD/IAND, 1 for AND);
+    #: zero-init sets the block's last neuron to emit it.
+    identity_a: float = 0.0
+    description: str = ""
+
+    def __call__(self, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return self.torch_fn(a, s)
+
+    def __repr__(self) -> str:
+        return f"ElementwiseFunction({self.name!r})"
+
+
+def create_elementwise(name: Any) -> ElementwiseFunction:
+    """A registered element-wise function by name (``"ADD"``, ``"and"``) or the object itself."""
+    if isinstance(name, ElementwiseFunction):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"element-wise function must be a name or ElementwiseFunction, got {type(name).__name__}")
+    return ELEMENTWISE.get(name)
+
+
+def sew_function(a: torch.Tensor, s: torch.Tensor, g: Any = "ADD") -> torch.Tensor:
+    """``g(a, s)`` for two spike tensors of the same shape, device and dtype."""
+    if a.shape != s.shape:
+        raise ValueError(f"sew_function: a has shape {tuple(a.shape)} but s has {tuple(s.shape)}; they must match")
+    if a.device != s.device:
+        raise ValueError(f"sew_function: a is on {a.device} but s is on {s.device}; put both on one device")
+    return create_elementwise(g)(a, s)
+
+
+def _register(fn: ElementwiseFunction) -> ElementwiseFunction:
+    ELEMENTWISE.add(fn.name, fn, description=fn.description)
+    return fn
+
+
+@jit
+def _add(a, s):
+    return a + s
+
+
+@jit
+def _one(a, s):
+    return a * 0.0 + 1.0
+
+
+@jit
+def _and(a, s):
+    return a * s
+
+
+@jit
+def _and_da(a, s):
+    return s
+
+
+@jit
+def _and_ds(a, s):
+    return a
+
+
+@jit
+def _iand(a, s):
+    return (1.0 - a) * s
+
+
+@jit
+def _iand_da(a, s):
+    return -s
+
+
+@jit
+def _iand_ds(a, s):
+    return 1.0 - a
+
+
+ADD = _register(ElementwiseFunction("ADD", lambda a, s: a + s, _add, _one, _one, 0.0, "A + S"))
+AND = _register(ElementwiseFunction("AND", lambda a, s: a * s, _and, _and_da, _and_ds, 1.0, "A * S"))
+IAND = _register(ElementwiseFunction("IAND", lambda a, s: (1 - a) * s, _iand, _iand_da, _iand_ds, 0.0,
+                                     "(1 - A) * S"))

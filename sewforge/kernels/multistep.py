@@ -1,0 +1,289 @@
+"""Fused multi-step neuron kernel, optionally fused with a SEW element-wise function.
+
+One launch runs all T steps forward (``out[t] = SN(X)[t]`` or ``g(SN(X)[t], S[t])``) and one
+launch runs the backward in reverse time. Each program owns ``BLOCK`` neurons and keeps their
+state in fp32 (fp64 for fp64 inputs) registers across the time loop.
+
+The kernels are generic: the neuron's charge equation and its partial derivatives, the surrogate
+derivative and the element-wise function are ``@triton.jit`` functions passed as ``tl.constexpr``
+arguments, so every (neuron, surrogate, reset mode, detach, g) combination is compiled into its
+own specialised kernel on first use and cached by Triton (see :func:`specializations`).
+
+Memory traffic per element and step (b = bytes of the input dtype, c = 4 for the fp32 state):
+
+=========================  ===============================  ==============================
+pass                       this kernel                      minimum for the op
+=========================  ===============================  ==============================
+forward                    read X (b), write S (b),         read X, write S
+                           write H (c)
+backward                   read dS (b), read H (c),         read dS, read what the
+                           write dX (b)                     recurrence needs (H), write dX
++ fused g (forward)        read shortcut (b), write O (b)   same
++ fused g (backward)       read shortcut (b), write dS_sc   same
+=========================  ===============================  ==============================
+
+Saving H (the charged potential, in the state dtype) is the one extra tensor: from it the backward
+recomputes the spikes (``H >= V_th``, bit-identical to the forward's decision because H is kept
+at full state precision), the post-reset potential and every surrogate value, so nothing else is
+saved; X is read back only for neurons whose derivatives need it. With fp16 inputs that is
+2+2+4 = 8 bytes forward and 2+4+2 = 8 bytes backward per element and step, against 4 + 6 for
+an implementation that would also save spikes and V.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from ..elementwise import ElementwiseFunction
+from ..neurons.charge import ChargeEquation
+from ..surrogates import Surrogate
+from .._triton import interpreting, jit, tl
+from .reference import compute_dtype
+
+__all__ = ["KernelSpec", "specialize", "specializations", "multistep_triton"]
+
+
+@jit
+def _no_g(a, s):
+    return a
+
+
+@jit
+def _multistep_fwd(
+    X, SC, OUT, H, P, V0, VT,
+    N, T, v_th, v_reset,
+    CHARGE: tl.constexpr, G: tl.constexpr,
+    HAS_G: tl.constexpr, HARD_RESET: tl.constexpr, HAS_V0: tl.constexpr,
+    STORE_VT: tl.constexpr, SAVE_H: tl.constexpr, BLOCK: tl.constexpr, CD: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    v_rest = v_reset  # the host passes 0 for a soft reset
+    if HAS_V0:
+        v = tl.load(V0 + offs, mask=mask, other=0.0).to(CD)
+    else:
+        v = tl.zeros([BLOCK], CD) + v_rest
+    for t in range(T):
+        idx = offs + t * N
+        x = tl.load(X + idx, mask=mask, other=0.0).to(CD)
+        h = CHARGE(v, x, P, v_rest).to(CD)
+        s = (h >= v_th).to(CD)
+        if SAVE_H:
+            tl.store(H + idx, h, mask=mask)
+        if HAS_G:
+            sc = tl.load(SC + idx, mask=mask, other=0.0).to(CD)
+            o = G(s, sc)
+        else:
+            o = s
+        tl.store(OUT + idx, o.to(OUT.dtype.element_ty), mask=mask)
+        if HARD_RESET:
+            v = tl.where(s > 0, v_rest, h)
+        else:
+            v = h - s * v_th
+    if STORE_VT:
+        tl.store(VT + offs, v, mask=mask)
+
+
+@jit
+def _multistep_bwd(
+    GO, X, H, SC, P, V0, GX, GSC, GP,
+    N, T, v_th, v_reset, alpha,
+    DH_DV: tl.constexpr, DH_DX: tl.constexpr, DH_DP: tl.constexpr, SG: tl.constexpr,
+    G_DA: tl.constexpr, G_DS: tl.constexpr,
+    HAS_G: tl.constexpr, HAS_DP: tl.constexpr, NEEDS_X: tl.constexpr, HARD_RESET: tl.constexpr,
+    DETACH_RESET: tl.constexpr, HAS_V0: tl.constexpr, BLOCK: tl.constexpr, CD: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    v_rest = v_reset  # the host passes 0 for a soft reset
+    if HAS_V0:
+        v_init = tl.load(V0 + offs, mask=mask, other=0.0).to(CD)
+    else:
+        v_init = tl.zeros([BLOCK], CD) + v_rest
+    grad_v = tl.zeros([BLOCK], CD)  # dL/dV[t], carried backwards in time
+    dp = tl.zeros([BLOCK], CD)
+    h = tl.load(H + offs + (T - 1) * N, mask=mask, other=0.0)
+    for i in range(T):
+        t = T - 1 - i
+        idx = offs + t * N
+        # V[t-1] is rebuilt from H[t-1] (or the initial state at t = 0)
+        h_prev = tl.load(H + idx - N, mask=mask & (t > 0), other=0.0)
+        s_prev = (h_prev >= v_th).to(CD)
+        if HARD_RESET:
+            v_prev = tl.where(s_prev > 0, v_rest, h_prev)
+        else:
+            v_prev = h_prev - s_prev * v_th
+        v_prev = tl.where(t > 0, v_prev, v_init)
+
+        s = (h >= v_th).to(CD)
+        sg = SG(h - v_th, alpha).to(CD)
+        go = tl.load(GO + idx, mask=mask, other=0.0).to(CD)
+        if HAS_G:
+            sc = tl.load(SC + idx, mask=mask, other=0.0).to(CD)
+            tl.store(GSC + idx, (go * G_DS(s, sc)).to(GSC.dtype.element_ty), mask=mask)
+            ga = go * G_DA(s, sc)
+        else:
+            ga = go
+        if HARD_RESET:
+            if DETACH_RESET:
+                dv_dh = 1.0 - s
+            else:
+                dv_dh = 1.0 - s + (v_rest - h) * sg
+        else:
+            if DETACH_RESET:
+                dv_dh = s * 0.0 + 1.0
+            else:
+                dv_dh = 1.0 - v_th * sg
+        grad_h = ga * sg + grad_v * dv_dh
+        if NEEDS_X:
+            x = tl.load(X + idx, mask=mask, other=0.0).to(CD)
+        else:
+            x = h
+        tl.store(GX + idx, (grad_h * DH_DX(v_prev, x, h, P, v_rest)).to(GX.dtype.element_ty), mask=mask)
+        if HAS_DP:
+            dp += grad_h * DH_DP(v_prev, x, h, P, v_rest).to(CD)
+        grad_v = grad_h * DH_DV(v_prev, x, h, P, v_rest).to(CD)
+        h = h_prev
+    if HAS_DP:
+        tl.store(GP + pid, tl.sum(tl.where(mask, dp, 0.0), axis=0))
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KernelSpec:
+    """One specialisation: everything that is compiled into the kernel (not run-time scalars)."""
+
+    charge: ChargeEquation
+    surrogate: type
+    g: Optional[ElementwiseFunction]
+    hard_reset: bool
+    detach_reset: bool
+
+    def describe(self) -> str:
+        reset = "hard" if self.hard_reset else "soft"
+        g = f" -> g={self.g.name}" if self.g is not None else ""
+        return f"{self.charge.name} + {self.surrogate.__name__} ({reset} reset, detach={self.detach_reset}){g}"
+
+
+_SPECS: Dict[KernelSpec, int] = {}
+
+
+def specialize(charge: ChargeEquation, surrogate: Surrogate, g: Optional[ElementwiseFunction],
+               hard_reset: bool, detach_reset: bool) -> KernelSpec:
+    spec = KernelSpec(charge, type(surrogate), g, hard_reset, detach_reset)
+    _SPECS[spec] = _SPECS.get(spec, 0) + 1
+    return spec
+
+
+def specializations() -> Dict[str, int]:
+    """Specialisations used so far in this process, with how often each was launched."""
+    return {spec.describe(): n for spec, n in _SPECS.items()}
+
+
+def _block_size(n: int) -> int:
+    if interpreting():  # the interpreter pays per program, not per element
+        return max(16, min(4096, 1 << (max(n, 1) - 1).bit_length()))
+    return 1024 if n >= 1 << 16 else 256
+
+
+class _MultiStepFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, params, shortcut, v0, spec, surrogate, v_threshold, v_reset, need_vt):  # type: ignore[override]
+        T = x.shape[0]
+        n = x.numel() // max(T, 1)
+        cd = compute_dtype(x.dtype)
+        x_c = x.contiguous()
+        has_g = spec.g is not None
+        sc = shortcut.contiguous() if has_g else x_c
+        out_dtype = torch.promote_types(x.dtype, shortcut.dtype) if has_g else x.dtype
+        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        needs_grad = any(ctx.needs_input_grad[:3])
+        h = torch.empty(x.shape, dtype=cd, device=x.device) if needs_grad else out
+        vt = torch.empty(x.shape[1:], dtype=cd, device=x.device) if need_vt else out
+        p = params.to(device=x.device, dtype=cd).contiguous()
+        if p.numel() == 0:
+            p = torch.zeros(1, dtype=cd, device=x.device)
+        v0_c = v0.to(cd).contiguous() if v0 is not None else out
+        block = _block_size(n)
+        grid = (triton_cdiv(n, block),)
+        if n > 0 and T > 0:
+            _multistep_fwd[grid](
+                x_c, sc, out, h, p, v0_c, vt, n, T, float(v_threshold),
+                float(v_reset if v_reset is not None else 0.0),
+                CHARGE=spec.charge.triton_charge, G=spec.g.triton_fn if has_g else _no_g,
+                HAS_G=has_g, HARD_RESET=spec.hard_reset, HAS_V0=v0 is not None,
+                STORE_VT=need_vt, SAVE_H=needs_grad, BLOCK=block, CD=_tl_dtype(cd),
+            )
+        elif need_vt:
+            vt.copy_(v0 if v0 is not None else torch.full_like(vt, v_reset or 0.0))
+        ctx.spec, ctx.surrogate = spec, surrogate
+        ctx.v_threshold, ctx.v_reset = float(v_threshold), v_reset
+        ctx.has_v0 = v0 is not None
+        ctx.x_dtype, ctx.sc_dtype = x.dtype, (shortcut.dtype if has_g else None)
+        if needs_grad:
+            ctx.save_for_backward(
+                x_c if spec.charge.needs_input_in_backward else None, h, sc if has_g else None, p,
+                v0_c if v0 is not None else None)
+        ctx.mark_non_differentiable(vt)
+        return out, (vt if need_vt else out.new_empty(0))
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_vt):  # type: ignore[override]
+        x_saved, h, sc, p, v0 = ctx.saved_tensors
+        spec = ctx.spec
+        T = h.shape[0]
+        n = h.numel() // max(T, 1)
+        cd = h.dtype
+        go = grad_out.contiguous()
+        gx = torch.empty(h.shape, dtype=ctx.x_dtype, device=h.device)
+        has_g = spec.g is not None
+        gsc = torch.empty(h.shape, dtype=ctx.sc_dtype, device=h.device) if has_g else gx
+        has_dp = spec.charge.triton_dh_dp is not None and ctx.needs_input_grad[1]
+        block = _block_size(n)
+        nprog = triton_cdiv(n, block)
+        gp_partial = torch.zeros(nprog if has_dp else 1, dtype=cd, device=h.device)
+        if n > 0 and T > 0:
+            _multistep_bwd[(nprog,)](
+                go, x_saved if x_saved is not None else h, h, sc if has_g else h, p,
+                v0 if v0 is not None else h, gx, gsc, gp_partial,
+                n, T, ctx.v_threshold, float(ctx.v_reset if ctx.v_reset is not None else 0.0),
+                float(ctx.surrogate.alpha),
+                DH_DV=spec.charge.triton_dh_dv, DH_DX=spec.charge.triton_dh_dx,
+                DH_DP=spec.charge.triton_dh_dp if has_dp else spec.charge.triton_dh_dx,
+                SG=ctx.surrogate.triton_derivative,
+                G_DA=spec.g.triton_dg_da if has_g else _no_g, G_DS=spec.g.triton_dg_ds if has_g else _no_g,
+                HAS_G=has_g, HAS_DP=has_dp, NEEDS_X=x_saved is not None, HARD_RESET=spec.hard_reset,
+                DETACH_RESET=spec.detach_reset, HAS_V0=v0 is not None, BLOCK=block, CD=_tl_dtype(cd),
+            )
+        else:
+            gx.zero_()
+            gsc.zero_()
+        gp = None
+        if ctx.needs_input_grad[1]:
+            gp = torch.zeros_like(p)
+            if has_dp:
+                gp[0] = gp_partial.sum()  # a full reduction over every element and step
+        return gx, gp, (gsc if has_g else None), None, None, None, None, None, None
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _tl_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def multistep_triton(x, charge, params, surrogate, v_threshold, v_reset, detach_reset,
+                     v0=None, shortcut=None, g=None, need_vt=False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fused kernel version of :func:`sewforge.kernels.reference.multistep_reference`."""
+    spec = specialize(charge, surrogate, g, v_reset is not None, detach_reset)
+    if charge.num_params and params.numel() < charge.num_params:
+        raise ValueError(f"neuron {charge.name} needs {charge.num_params} parameters, got {params.numel()}")
+    out, vt = _MultiStepFunction.apply(x, params, shortcut if g is not None else None, v0, spec, surrogate,
+                                       v_threshold, v_reset, need_vt)
+    return out, vt

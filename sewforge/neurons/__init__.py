@@ -1,0 +1,28 @@
+"""Spiking neurons: charge equations, the shared module, and the registered core neurons."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..registry import NEURONS
+from .base import BaseNeuron, check_tau
+from .charge import IF_CHARGE, LIF_CHARGE, LIF_CHARGE_NO_DECAY_INPUT, ChargeEquation
+from .core import IFNode, LIFNode, PLIFNode
+
+__all__ = ["BaseNeuron", "ChargeEquation", "IFNode", "LIFNode", "PLIFNode", "create_neuron", "check_tau",
+           "IF_CHARGE", "LIF_CHARGE", "LIF_CHARGE_NO_DECAY_INPUT"]
+
+
+def create_neuron(name: str, **kwargs: Any) -> nn.Module:
+    """A neuron module by registered name: ``create_neuron("PLIF", init_tau=2.0)``.
+
+    Keyword arguments whose value is None are dropped (so a CLI default of None means "the
+    neuron's own default"), except ``v_reset=None``, which asks for a soft reset.
+    """
+    factory = NEURONS.get(name)
+    kw = {k: v for k, v in kwargs.items() if v is not None or k == "v_reset"}
+    try:
+        return factory(**kw)
+    except TypeError as exc:
+        raise ValueError(f"neuron {name!r}: invalid arguments {sorted(kw)}: {exc}") from None

@@ -1,0 +1,108 @@
+"""Multi-step spiking neuron modules.
+
+A neuron module holds its hyper-parameters and (learnable) parameters and hands the whole
+sequence ``[T, ...]`` to :func:`sewforge.kernels.multistep_neuron`, which runs the fused kernel or
+the PyTorch reference. Every forward starts from ``V = v_reset`` unless ``stateful=True``, in which
+case the potential after the last step is kept (detached) for the next call until :meth:`reset`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..kernels import multistep_neuron
+from ..surrogates import Surrogate, create_surrogate
+from .charge import ChargeEquation
+
+__all__ = ["BaseNeuron", "check_tau"]
+
+
+def _finite(name: str, value: Any, owner: str) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+    return f
+
+
+def check_tau(name: str, value: Any, owner: str) -> float:
+    tau = _finite(name, value, owner)
+    if tau <= 1.0:
+        raise ValueError(f"{owner}: {name} must be > 1 (the decay 1/{name} must lie in (0, 1)), got {value!r}")
+    return tau
+
+
+class BaseNeuron(nn.Module):
+    """A multi-step neuron defined by a :class:`ChargeEquation`.
+
+    Subclasses provide :meth:`charge_equation` and :meth:`charge_params`; everything else (reset,
+    surrogate, detach, kernels, state) is shared.
+    """
+
+    def __init__(
+        self,
+        *,
+        v_threshold: float = 1.0,
+        v_reset: Optional[float] = 0.0,
+        detach_reset: bool = True,
+        surrogate: Any = "ATan",
+        stateful: bool = False,
+        backend: Optional[str] = None,
+    ):
+        super().__init__()
+        owner = type(self).__name__
+        self.v_threshold = _finite("v_threshold", v_threshold, owner)
+        self.v_reset = None if v_reset is None else _finite("v_reset", v_reset, owner)
+        if self.v_reset is not None and self.v_reset >= self.v_threshold:
+            raise ValueError(f"{owner}: v_reset ({v_reset}) must be below v_threshold ({v_threshold}), "
+                             "or None for a soft reset")
+        if not isinstance(detach_reset, bool):
+            raise ValueError(f"{owner}: detach_reset must be True or False, got {detach_reset!r}")
+        self.detach_reset = detach_reset
+        self.surrogate: Surrogate = create_surrogate(surrogate)
+        self.stateful = bool(stateful)
+        self.backend = backend
+        self.v: Optional[torch.Tensor] = None
+
+    # to be provided by each neuron -------------------------------------------------------
+    def charge_equation(self) -> ChargeEquation:
+        raise NotImplementedError
+
+    def charge_params(self) -> torch.Tensor:
+        """The 1-D parameter vector the charge equation reads (may carry gradient in [0])."""
+        return torch.zeros(0)
+
+    # shared ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the state kept by a ``stateful`` neuron."""
+        self.v = None
+
+    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None, g: Any = None) -> torch.Tensor:
+        """Spikes for ``x`` of shape ``[T, ...]``; with ``shortcut`` and ``g``, the fused
+        ``g(SN(x), shortcut)`` of a SEW block."""
+        v0 = self.v if self.stateful else None
+        if v0 is not None and (v0.shape != x.shape[1:] or v0.device != x.device):
+            raise ValueError(f"{type(self).__name__}: kept state has shape {tuple(v0.shape)} but this input has "
+                             f"{tuple(x.shape[1:])} per step; call reset() before changing the input shape")
+        params = self.charge_params()
+        if params.device != x.device:
+            params = params.to(x.device)
+        out, v_last = multistep_neuron(
+            x, self.charge_equation(), params, self.surrogate, self.v_threshold, self.v_reset,
+            self.detach_reset, v0=v0, shortcut=shortcut, g=g, backend=self.backend, need_state=self.stateful)
+        if self.stateful:
+            self.v = v_last
+        return out
+
+    def extra_repr(self) -> str:
+        reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset:g}"
+        parts = [f"v_threshold={self.v_threshold:g}", reset, f"detach_reset={self.detach_reset}",
+                 f"surrogate={self.surrogate!r}"]
+        if self.stateful:
+            parts.append("stateful=True")
+        return ", ".join(parts)
