@@ -1,7 +1,7 @@
 """sewforge: deep spiking residual networks (SEW ResNet) with fused Triton kernels."""
 from __future__ import annotations
 
-from .registry import BLOCKS, ELEMENTWISE, MODELS, NEURONS, SURROGATES, Registry, plugin_errors
+from .registry import BLOCKS, DATASETS, ELEMENTWISE, MODELS, NEURONS, SURROGATES, Registry, plugin_errors
 from .surrogates import Surrogate, create_surrogate
 from .elementwise import ElementwiseFunction, create_elementwise, sew_function
 from .neurons import BaseNeuron, ChargeEquation, create_neuron
@@ -10,7 +10,7 @@ from .kernels import multistep_neuron
 __version__ = "0.1.0"
 
 __all__ = [
-    "BLOCKS", "ELEMENTWISE", "MODELS", "NEURONS", "SURROGATES", "Registry", "plugin_errors",
+    "BLOCKS", "DATASETS", "ELEMENTWISE", "MODELS", "NEURONS", "SURROGATES", "Registry", "plugin_errors",
     "Surrogate", "create_surrogate", "ElementwiseFunction", "create_elementwise", "sew_function",
     "BaseNeuron", "ChargeEquation", "create_neuron", "multistep_neuron",
     "list_neurons", "list_surrogates", "list_elementwise", "list_blocks", "list_models",

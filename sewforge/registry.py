@@ -19,7 +19,7 @@ from importlib import metadata
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 __all__ = ["Entry", "Registry", "PluginError", "plugin_errors", "natural_key",
-           "NEURONS", "SURROGATES", "ELEMENTWISE", "BLOCKS", "MODELS"]
+           "NEURONS", "SURROGATES", "ELEMENTWISE", "BLOCKS", "MODELS", "DATASETS"]
 
 
 class PluginError(RuntimeWarning):
@@ -229,3 +229,4 @@ SURROGATES = Registry("surrogate", "sewforge.surrogates")
 ELEMENTWISE = Registry("element-wise function", "sewforge.elementwise")
 BLOCKS = Registry("block", "sewforge.blocks")
 MODELS = Registry("model", "sewforge.models")
+DATASETS = Registry("dataset", "sewforge.datasets")

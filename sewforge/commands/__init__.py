@@ -1,0 +1,1 @@
+"""One module per ``sewforge`` sub-command (see :mod:`sewforge.cli`)."""
