@@ -26,7 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sewforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        mod = importlib.import_module(f"sewforge.commands.{module}")
+        try:
+            mod = importlib.import_module(f"sewforge.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"sewforge.commands.{module}":
+                raise
+            continue  # a command whose module is not part of this installation
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
