@@ -78,6 +78,34 @@ class BaseNeuron(nn.Module):
         return torch.zeros(0)
 
     # shared ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def firing_input(self, margin: float = 1e-2) -> float:
+        """A constant input that makes this neuron fire at every step from rest.
+
+        Zero-init of a SEW AND block sets its last BN bias to this value so that ``A = 1`` and
+        ``g(A, S) = S``. Found by bisection on the charge equation (assumed increasing in X);
+        ``margin`` adds a relative safety gap against rounding in fp16/bf16.
+        """
+        charge = self.charge_equation()
+        p = self.charge_params().detach().double().cpu()
+        v_rest = 0.0 if self.v_reset is None else self.v_reset
+        v = torch.tensor(v_rest, dtype=torch.float64)
+
+        def fires(x: float) -> bool:
+            return bool(charge.torch_charge(v, torch.tensor(x, dtype=torch.float64), p, v_rest) >= self.v_threshold)
+
+        lo, hi = -1.0, 1.0
+        while fires(lo):
+            lo *= 2
+        while not fires(hi):
+            hi *= 2
+            if hi > 1e12:
+                raise ValueError(f"{type(self).__name__}: no constant input makes this neuron fire")
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if fires(mid) else (mid, hi)
+        return hi + margin * max(abs(hi), 1e-3)
+
     def reset(self) -> None:
         """Forget the state kept by a ``stateful`` neuron."""
         self.v = None
