@@ -31,6 +31,7 @@ an implementation that would also save spikes and V.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -42,7 +43,27 @@ from ..surrogates import Surrogate
 from .._triton import interpreting, jit, tl
 from .reference import compute_dtype
 
-__all__ = ["KernelSpec", "specialize", "specializations", "multistep_triton"]
+__all__ = ["KernelSpec", "specialize", "specializations", "multistep_triton", "fill_outputs_with"]
+
+_OUTPUT_FILL: Optional[float] = None
+
+
+@contextlib.contextmanager
+def fill_outputs_with(value: float = float("nan")):
+    """Pre-fill every tensor the kernels write (instead of leaving it uninitialised), so a test
+    sees any element a kernel forgot to write."""
+    global _OUTPUT_FILL
+    old, _OUTPUT_FILL = _OUTPUT_FILL, value
+    try:
+        yield
+    finally:
+        _OUTPUT_FILL = old
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    if _OUTPUT_FILL is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.full(shape, _OUTPUT_FILL, dtype=dtype, device=device)
 
 
 @jit
@@ -200,10 +221,10 @@ class _MultiStepFunction(torch.autograd.Function):
         has_g = spec.g is not None
         sc = shortcut.contiguous() if has_g else x_c
         out_dtype = torch.promote_types(x.dtype, shortcut.dtype) if has_g else x.dtype
-        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        out = _empty(x.shape, out_dtype, x.device)
         needs_grad = any(ctx.needs_input_grad[:3])
-        h = torch.empty(x.shape, dtype=cd, device=x.device) if needs_grad else out
-        vt = torch.empty(x.shape[1:], dtype=cd, device=x.device) if need_vt else out
+        h = _empty(x.shape, cd, x.device) if needs_grad else out
+        vt = _empty(x.shape[1:] if need_vt else (0,), cd, x.device)
         p = params.to(device=x.device, dtype=cd).contiguous()
         if p.numel() == 0:
             p = torch.zeros(1, dtype=cd, device=x.device)
@@ -229,7 +250,7 @@ class _MultiStepFunction(torch.autograd.Function):
                 x_c if spec.charge.needs_input_in_backward else None, h, sc if has_g else None, p,
                 v0_c if v0 is not None else None)
         ctx.mark_non_differentiable(vt)
-        return out, (vt if need_vt else out.new_empty(0))
+        return out, vt
 
     @staticmethod
     def backward(ctx, grad_out, _grad_vt):  # type: ignore[override]
@@ -239,13 +260,13 @@ class _MultiStepFunction(torch.autograd.Function):
         n = h.numel() // max(T, 1)
         cd = h.dtype
         go = grad_out.contiguous()
-        gx = torch.empty(h.shape, dtype=ctx.x_dtype, device=h.device)
+        gx = _empty(h.shape, ctx.x_dtype, h.device)
         has_g = spec.g is not None
-        gsc = torch.empty(h.shape, dtype=ctx.sc_dtype, device=h.device) if has_g else gx
+        gsc = _empty(h.shape, ctx.sc_dtype, h.device) if has_g else gx
         has_dp = spec.charge.triton_dh_dp is not None and ctx.needs_input_grad[1]
         block = _block_size(n)
         nprog = triton_cdiv(n, block)
-        gp_partial = torch.zeros(nprog if has_dp else 1, dtype=cd, device=h.device)
+        gp_partial = _empty((nprog,), cd, h.device) if has_dp else torch.zeros(1, dtype=cd, device=h.device)
         if n > 0 and T > 0:
             _multistep_bwd[(nprog,)](
                 go, x_saved if x_saved is not None else h, h, sc if has_g else h, p,

@@ -1,0 +1,178 @@
+"""Conformance checks for neurons, surrogates and element-wise functions, core or plugin.
+
+Each ``check_*`` function runs the fused Triton kernel of a component against the PyTorch
+reference (and, for surrogates, the derivative against a finite difference of the primitive) and
+raises ``AssertionError`` with the failing case when they disagree. Plugin authors call them from
+their own tests in one line; on a machine without a GPU set ``TRITON_INTERPRET=1`` before
+importing sewforge so the kernels run in Triton's interpreter.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+
+from .elementwise import ElementwiseFunction, create_elementwise
+from .kernels import multistep_neuron
+from .kernels.multistep import fill_outputs_with
+from .neurons import BaseNeuron, create_neuron
+from .surrogates import Surrogate, create_surrogate
+
+__all__ = ["TOLERANCES", "compare_to_reference", "check_neuron", "check_surrogate", "check_elementwise"]
+
+#: (rtol, atol) for gradients, per input dtype; spikes must match exactly in every dtype.
+TOLERANCES: Dict[torch.dtype, Tuple[float, float]] = {
+    torch.float64: (1e-4, 1e-6),  # fp64 state, but kernel scalars (pi, alpha, V_th) are fp32
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (1e-2, 1e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+}
+
+
+def _close(name: str, got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, case: str) -> None:
+    rtol, atol = TOLERANCES[dtype]
+    if got.shape != want.shape:
+        raise AssertionError(f"{case}: {name} has shape {tuple(got.shape)}, reference {tuple(want.shape)}")
+    if torch.isnan(got).any() and not torch.isnan(want).any():
+        raise AssertionError(f"{case}: {name} has NaN where the reference has none (unwritten elements?)")
+    g64, w64 = got.double(), want.double()
+    err = (g64 - w64).abs()
+    bound = atol + rtol * w64.abs()
+    if (err > bound).any():
+        i = int(torch.argmax(err - bound))
+        raise AssertionError(
+            f"{case}: {name} differs from the reference: max abs error {err.max().item():.3g} "
+            f"(at flat index {i}: kernel {g64.flatten()[i].item():.6g}, reference {w64.flatten()[i].item():.6g}; "
+            f"rtol={rtol}, atol={atol})")
+
+
+def compare_to_reference(
+    neuron: BaseNeuron,
+    x: torch.Tensor,
+    *,
+    shortcut: Optional[torch.Tensor] = None,
+    g: Any = None,
+    grad_out: Optional[torch.Tensor] = None,
+    case: str = "",
+) -> None:
+    """Run ``neuron`` on ``x`` with the Triton kernel and with the reference; spikes must be
+    identical and the gradients of x, the learnable parameter and the shortcut close."""
+    charge = neuron.charge_equation()
+    case = case or f"{type(neuron).__name__}{tuple(x.shape)} {x.dtype}"
+    results = []
+    for backend in ("torch", "triton"):
+        xb = x.detach().clone().requires_grad_(True)
+        params = neuron.charge_params().detach().to(x.device).clone()
+        learnable = charge.triton_dh_dp is not None and params.numel() > 0
+        params.requires_grad_(learnable)
+        sc = shortcut.detach().clone().requires_grad_(True) if shortcut is not None else None
+        with fill_outputs_with(float("nan")):
+            out, _ = multistep_neuron(xb, charge, params, neuron.surrogate, neuron.v_threshold, neuron.v_reset,
+                                      neuron.detach_reset, shortcut=sc, g=g, backend=backend)
+            go = grad_out if grad_out is not None else torch.ones_like(out)
+            out.backward(go.to(out.dtype))
+        results.append((out.detach(), xb.grad, params.grad if learnable else None,
+                        sc.grad if sc is not None else None))
+    (o_ref, gx_ref, gp_ref, gs_ref), (o_k, gx_k, gp_k, gs_k) = results
+    if o_k.dtype != o_ref.dtype or not torch.equal(o_k, o_ref):
+        bad = (o_k != o_ref).sum().item() if o_k.shape == o_ref.shape else "all"
+        raise AssertionError(f"{case}: kernel output differs from the reference in {bad} elements "
+                             f"(dtypes {o_k.dtype} / {o_ref.dtype})")
+    _close("dL/dX", gx_k, gx_ref, x.dtype, case)
+    if gp_ref is not None:
+        # a sum over every element and step: compare relative to its magnitude
+        scale = max(1.0, gx_ref.double().abs().sum().item())
+        rtol, atol = TOLERANCES[x.dtype]
+        if abs(gp_k.double()[0].item() - gp_ref.double()[0].item()) > atol * scale + rtol * abs(gp_ref[0].item()):
+            raise AssertionError(f"{case}: parameter gradient {gp_k[0].item():.8g} differs from the "
+                                 f"reference {gp_ref[0].item():.8g}")
+    if gs_ref is not None:
+        _close("dL/dS (shortcut)", gs_k, gs_ref, shortcut.dtype, case)
+
+
+def _neuron_factory(neuron: Any, kwargs: Dict[str, Any]) -> Callable[..., BaseNeuron]:
+    if isinstance(neuron, str):
+        return lambda **kw: create_neuron(neuron, **{**kwargs, **kw})
+    if isinstance(neuron, type):
+        return lambda **kw: neuron(**{**kwargs, **kw})
+    if callable(neuron):
+        return lambda **kw: neuron(**{**kwargs, **kw})
+    raise TypeError(f"neuron must be a registered name, a class or a factory, got {type(neuron).__name__}")
+
+
+def check_neuron(
+    neuron: Any,
+    *,
+    device: Any = "cpu",
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16),
+    surrogates: Iterable[Any] = ("ATan", "Sigmoid"),
+    shapes: Sequence[Tuple[int, ...]] = ((1, 1), (5, 3, 7), (3, 2, 13)),
+    gs: Sequence[Any] = (None, "ADD", "IAND"),
+    seed: int = 0,
+    **neuron_kwargs: Any,
+) -> int:
+    """Check a neuron's fused kernels against the reference over a grid of cases: hard and soft
+    reset, detached and attached reset, several surrogates, dtypes, shapes (T first) and fused
+    element-wise functions. Returns the number of cases checked."""
+    make = _neuron_factory(neuron, neuron_kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    n = 0
+    combos = itertools.product((0.0, None), (True, False), surrogates)
+    for (v_reset, detach, sg), shape, dtype, g in zip(itertools.cycle(combos), itertools.cycle(shapes),
+                                                      itertools.cycle(dtypes), gs * 4):
+        mod = make(v_reset=v_reset, detach_reset=detach, surrogate=sg)
+        x = (torch.randn(shape, generator=gen) * 1.5 + 0.3).to(device=device, dtype=dtype)
+        sc = (torch.rand(shape, generator=gen) > 0.5).to(device=device, dtype=dtype) if g is not None else None
+        go = torch.randn(shape, generator=gen).to(device=device)
+        compare_to_reference(mod, x, shortcut=sc, g=g, grad_out=go,
+                             case=f"{type(mod).__name__}(v_reset={v_reset}, detach_reset={detach}, "
+                                  f"surrogate={mod.surrogate!r}) g={g} x{tuple(shape)} {dtype}")
+        n += 1
+    return n
+
+
+def check_surrogate(surrogate: Any, *, device: Any = "cpu", points: int = 257, **kwargs: Any) -> None:
+    """The derivative equals a central finite difference of the primitive (where there is one),
+    and the Triton derivative equals the PyTorch one (through a one-step IF kernel, whose input
+    gradient is exactly ``sigma'(x - V_th)``)."""
+    sg: Surrogate = create_surrogate(surrogate, **kwargs)
+    x = torch.linspace(-3.0, 3.0, points, dtype=torch.float64)
+    d = sg.derivative(x)
+    if not torch.isfinite(d).all() or (d < 0).any():
+        raise AssertionError(f"{sg!r}: derivative must be finite and >= 0 on [-3, 3]")
+    prim = sg.primitive(x)
+    if prim is not None:
+        h = 1e-5
+        fd = (sg.primitive(x + h) - sg.primitive(x - h)) / (2 * h)
+        # skip points next to a jump of the derivative (Rectangular's edges)
+        smooth = (sg.derivative(x + 2 * h) - sg.derivative(x - 2 * h)).abs() < 1e-3
+        err = (fd - d).abs()[smooth]
+        if err.numel() and err.max() > 1e-5 * max(1.0, d.abs().max().item()):
+            raise AssertionError(f"{sg!r}: derivative differs from the finite difference of the primitive "
+                                 f"by {err.max().item():.3g}")
+    neuron = create_neuron("IF", surrogate=sg)
+    xs = x.float().reshape(1, -1).to(device)
+    out = []
+    for backend in ("torch", "triton"):
+        xb = xs.clone().requires_grad_(True)
+        o, _ = multistep_neuron(xb, neuron.charge_equation(), neuron.charge_params(), sg, 0.0, 0.0, True,
+                                backend=backend)
+        o.sum().backward()
+        out.append(xb.grad)
+    _close("surrogate derivative", out[1], out[0], torch.float32, f"{sg!r} (Triton vs PyTorch)")
+
+
+def check_elementwise(g: Any, *, device: Any = "cpu") -> None:
+    """``g`` on spikes: the fused kernel's values and both gradients equal the PyTorch form for
+    every combination of binary A and S (A comes from an IF neuron fed 0 or 2)."""
+    fn: ElementwiseFunction = create_elementwise(g)
+    a_in = torch.tensor([[0.0, 0.0, 2.0, 2.0]], device=device)  # IF with V_th = 1: A = 0, 0, 1, 1
+    s = torch.tensor([[0.0, 1.0, 0.0, 1.0]], device=device)
+    neuron = create_neuron("IF", surrogate="Constant")
+    compare_to_reference(neuron, a_in, shortcut=s, g=fn, case=f"g={fn.name} truth table")
+    expect = fn.torch_fn(torch.tensor([0.0, 0.0, 1.0, 1.0]), s.cpu()[0])
+    got, _ = multistep_neuron(a_in, neuron.charge_equation(), neuron.charge_params(), neuron.surrogate,
+                              backend="triton", shortcut=s, g=fn)
+    if not torch.equal(got.cpu()[0], expect):
+        raise AssertionError(f"g={fn.name}: kernel truth table {got.cpu()[0].tolist()} != {expect.tolist()}")
