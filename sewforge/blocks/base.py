@@ -1,0 +1,197 @@
+"""What every residual block shares: argument checks, the neuron factory, conv-BN helpers, shapes.
+
+Blocks take and return multi-step tensors ``[T, B, C, H, W]``. Convolutions and batch norms run
+folded over T*B (:func:`sewforge.layers.seq_fold`); neurons loop over T. Layer names follow
+torchvision (``conv1``, ``bn1``, ..., ``downsample.0`` / ``downsample.1``) so that parameter counts
+and state-dict keys of the non-spiking layers line up with torchvision's ResNets.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..elementwise import ElementwiseFunction, create_elementwise
+from ..layers import seq_fold
+from ..neurons import create_neuron
+from ..registry import ELEMENTWISE
+
+__all__ = ["ResidualBlock", "NeuronFactory", "resolve_neuron_factory", "conv_bn", "iter_blocks", "unfused"]
+
+NeuronFactory = Callable[[], nn.Module]
+
+
+def resolve_neuron_factory(neuron: Union[str, NeuronFactory], owner: str = "block") -> NeuronFactory:
+    """A zero-argument neuron factory from a factory or a registered neuron name ("PLIF")."""
+    if isinstance(neuron, str):
+        create_neuron(neuron)  # fail now, with the registry's message, rather than mid-build
+        return functools.partial(create_neuron, neuron)
+    if not callable(neuron):
+        raise TypeError(f"{owner}: neuron must be a zero-argument factory returning a neuron module "
+                        f"(e.g. functools.partial(sewforge.create_neuron, 'PLIF')) or a neuron name, "
+                        f"got {type(neuron).__name__}")
+    return neuron
+
+
+def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``BN(conv(x))`` on ``[T, B, C, H, W]``, folded once over T*B."""
+    return seq_fold(lambda y: bn(conv(y)), x)
+
+
+def _positive_int(name: str, value: Any, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+class ResidualBlock(nn.Module):
+    """Base of the blocks: holds the common arguments and implements the shared checks.
+
+    Subclasses build their layers in ``__init__`` (after calling this one), name the last batch
+    norm and the last neuron in ``_last_bn_name`` / ``_sn_last_name``, and implement ``forward``.
+    ``sn_last`` is the neuron whose output is A (SEW, plain) or the block output (Spiking ResNet).
+    """
+
+    #: output channels of the block = ``width * expansion`` in the torchvision sense.
+    expansion: int = 1
+    #: whether the block combines its branches with an element-wise function ``g``.
+    uses_g: bool = False
+    _last_bn_name: str = "bn2"
+    _sn_last_name: str = "sn2"
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
+                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
+                 kernel_size: int = 3, fuse: bool = True):
+        super().__init__()
+        owner = type(self).__name__
+        self.in_channels = _positive_int("in_channels", in_channels, owner)
+        self.out_channels = _positive_int("out_channels", out_channels, owner)
+        self.stride = _positive_int("stride", stride, owner)
+        self.kernel_size = _positive_int("kernel_size", kernel_size, owner)
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"{owner}: kernel_size must be odd so that padding kernel_size // 2 keeps the "
+                             f"spatial size, got {kernel_size}")
+        self._neuron_factory = resolve_neuron_factory(neuron, owner)
+        if self.uses_g:
+            fn = create_elementwise(g if g is not None else "ADD")
+            # Keep the registered name rather than the object: the object holds Triton functions and
+            # lambdas, which neither pickle nor deepcopy; the name resolves through the registry.
+            registered = fn.name in ELEMENTWISE and ELEMENTWISE.get(fn.name) is fn
+            self._g: Union[str, ElementwiseFunction] = fn.name if registered else fn
+        else:
+            if g is not None and not (isinstance(g, str) and g.upper() == "ADD"):
+                name = g.name if isinstance(g, ElementwiseFunction) else g
+                raise ValueError(f"{owner}: got g={name!r}, but this block has no element-wise function "
+                                 "(g applies to SEW blocks only); leave g at its default")
+            self._g = "ADD"
+        self.zero_init = bool(zero_init)
+        self.fuse = bool(fuse)
+
+    # -- construction helpers -------------------------------------------------------------
+    def new_neuron(self) -> nn.Module:
+        sn = self._neuron_factory()
+        if not isinstance(sn, nn.Module):
+            raise TypeError(f"{type(self).__name__}: the neuron factory returned {type(sn).__name__}, "
+                            "expected a neuron nn.Module")
+        return sn
+
+    def conv(self, cin: int, cout: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
+                         bias=False)
+
+    # -- public API -----------------------------------------------------------------------
+    @property
+    def g(self) -> ElementwiseFunction:
+        """The element-wise function ``g(A, S)`` (SEW blocks); ADD for the others."""
+        return create_elementwise(self._g)
+
+    @property
+    def sn_last(self) -> nn.Module:
+        """The last neuron: its output is A (SEW, plain blocks) or the block output (Spiking ResNet).
+        With ``fuse=True`` a SEW block's ``sn_last`` returns ``g(A, S)`` instead of A."""
+        return getattr(self, self._sn_last_name)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The batch norm feeding ``sn_last`` (the one zero-init sets)."""
+        return getattr(self, self._last_bn_name)
+
+    @property
+    def has_downsample(self) -> bool:
+        return self.stride != 1 or self.in_channels != self.out_channels
+
+    @torch.no_grad()
+    def zero_init_(self) -> "ResidualBlock":
+        """Make the residual branch start as an identity (section 3.3): last BN weight 0, and for
+        g = AND its bias set so that ``sn_last`` fires at every step (A = 1, AND(1, S) = S)."""
+        bn = self.last_bn
+        bn.weight.zero_()
+        bias = self.sn_last.firing_input() if self.uses_g and self.g.identity_a == 1.0 else 0.0
+        bn.bias.fill_(bias)
+        self.zero_init = True
+        return self
+
+    def out_shape(self, in_shape: Tuple[int, int, int]) -> Tuple[int, int, int]:
+        """``(C, H, W)`` of the output for an input of ``(C, H, W)``; ValueError if it does not fit."""
+        owner = type(self).__name__
+        try:
+            c, h, w = (int(v) for v in in_shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"{owner}: input shape must be (C, H, W), got {in_shape!r}") from None
+        if c != self.in_channels:
+            raise ValueError(f"{owner}: input has {c} channels but the block expects in_channels="
+                             f"{self.in_channels}")
+        if h < 1 or w < 1:
+            raise ValueError(f"{owner}: input spatial size {h}x{w} is empty; height and width must be >= 1")
+        # every conv pads kernel_size // 2 with an odd kernel, so each stride-s layer gives ceil(n / s)
+        return self.out_channels, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 5:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__}: expected a multi-step input [T, B, C, H, W], got {got}")
+        if x.shape[2] != self.in_channels:
+            raise ValueError(f"{type(self).__name__}: input has {x.shape[2]} channels (shape {tuple(x.shape)}) "
+                             f"but the block expects in_channels={self.in_channels}")
+
+    def combine(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``g(sn_last(x), shortcut)``: one fused kernel, or two steps so hooks on sn_last see A."""
+        g = self.g
+        if self.fuse:
+            return self.sn_last(x, shortcut=shortcut, g=g)
+        return g(self.sn_last(x), shortcut)
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.in_channels}, {self.out_channels}", f"stride={self.stride}"]
+        if self.kernel_size != 3:
+            parts.append(f"kernel_size={self.kernel_size}")
+        if self.uses_g:
+            parts.append(f"g={self.g.name}")
+        parts += [f"zero_init={self.zero_init}", f"fuse={self.fuse}"]
+        return ", ".join(parts)
+
+
+def iter_blocks(module: nn.Module) -> Iterator[nn.Module]:
+    """The residual blocks inside ``module`` in forward order (any module with ``sn_last`` and
+    ``fuse``, so plugin blocks count too)."""
+    for m in module.modules():
+        if isinstance(m, ResidualBlock) or (hasattr(m, "sn_last") and hasattr(m, "fuse")):
+            yield m
+
+
+@contextlib.contextmanager
+def unfused(module: nn.Module) -> Iterator[List[nn.Module]]:
+    """Run the blocks of ``module`` with ``fuse=False`` inside the ``with`` body, so forward hooks
+    on each ``block.sn_last`` see A rather than ``g(A, S)``; restores the previous settings."""
+    blocks = list(iter_blocks(module))
+    before = [b.fuse for b in blocks]
+    try:
+        for b in blocks:
+            b.fuse = False
+        yield blocks
+    finally:
+        for b, f in zip(blocks, before):
+            b.fuse = f

@@ -1,0 +1,108 @@
+"""Basic (two-convolution) blocks of Fig. 1 and Fig. 2: SEW, Spiking ResNet and plain."""
+from __future__ import annotations
+
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from ..layers import seq_fold
+from ..registry import BLOCKS
+from .base import NeuronFactory, ResidualBlock, conv_bn
+
+__all__ = ["SEWBlock", "SpikingResNetBlock", "PlainBlock"]
+
+
+class _TwoConvBlock(ResidualBlock):
+    """``[conv(k, stride) -> BN -> SN] -> [conv(k) -> BN -> (SN)]``; the subclass decides where the
+    shortcut joins. ``downsample`` (conv1x1(stride)-BN) exists when stride or channels change."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
+                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
+                 kernel_size: int = 3, fuse: bool = True, shortcut: bool = True):
+        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
+                         kernel_size=kernel_size, fuse=fuse)
+        k = self.kernel_size
+        self.conv1 = self.conv(self.in_channels, self.out_channels, k, self.stride)
+        self.bn1 = nn.BatchNorm2d(self.out_channels)
+        self.sn1 = self.new_neuron()
+        self.conv2 = self.conv(self.out_channels, self.out_channels, k)
+        self.bn2 = nn.BatchNorm2d(self.out_channels)
+        self.sn2 = self.new_neuron()
+        self.downsample = None
+        if shortcut and self.has_downsample:
+            self.downsample = nn.Sequential(self.conv(self.in_channels, self.out_channels, 1, self.stride),
+                                            nn.BatchNorm2d(self.out_channels))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """``BN(conv(SN(BN(conv(x)))))``: the input of ``sn_last`` before any shortcut."""
+        return conv_bn(self.conv2, self.bn2, self.sn1(conv_bn(self.conv1, self.bn1, x)))
+
+
+@BLOCKS.register("SEW", description="SEW block (Fig. 1c, 2b): O = g(SN(BN(conv(SN(BN(conv(S)))))), S); "
+                                    "downsample shortcut conv1x1-BN-SN", expansion=1, uses_g=True)
+class SEWBlock(_TwoConvBlock):
+    """Spike-element-wise residual block: ``A = SN(BN(conv(SN(BN(conv(S))))))``, ``O = g(A, S)``.
+
+    When stride or channels change, the shortcut becomes ``SN(BN(conv1x1(S)))`` so that it still
+    carries spikes (Fig. 2b). With ``fuse=True`` the last neuron and g run as one kernel.
+    """
+
+    uses_g = True
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
+                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
+                 kernel_size: int = 3, fuse: bool = True):
+        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
+                         kernel_size=kernel_size, fuse=fuse)
+        self.downsample_sn = self.new_neuron() if self.downsample is not None else None
+        if self.zero_init:
+            self.zero_init_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        shortcut = x if self.downsample is None else self.downsample_sn(seq_fold(self.downsample, x))
+        return self.combine(self.residual(x), shortcut)
+
+
+@BLOCKS.register("SpikingResNet", description="Spiking ResNet basic block (Fig. 1b, 2a): "
+                                              "SN(S + BN(conv(SN(BN(conv(S)))))); downsample shortcut "
+                                              "conv1x1-BN without SN", expansion=1, uses_g=False)
+class SpikingResNetBlock(_TwoConvBlock):
+    """The ResNet basic block with ReLU replaced by spiking neurons: ``O = SN(S + F(S))``.
+
+    The downsample shortcut is ``BN(conv1x1(S))`` without a neuron (Fig. 2a). ``fuse`` has no
+    effect: the addition comes before the last neuron, not after it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
+                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
+                 kernel_size: int = 3, fuse: bool = True):
+        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
+                         kernel_size=kernel_size, fuse=fuse)
+        if self.zero_init:
+            self.zero_init_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        shortcut = x if self.downsample is None else seq_fold(self.downsample, x)
+        return self.sn_last(self.residual(x) + shortcut)
+
+
+@BLOCKS.register("Plain", description="plain block: the SEW block without its shortcut, "
+                                      "SN(BN(conv(SN(BN(conv(S))))))", expansion=1, uses_g=False)
+class PlainBlock(_TwoConvBlock):
+    """Two conv-BN-SN layers and no shortcut: the baseline that shows what the shortcut buys.
+    ``fuse`` has no effect (there is nothing to combine)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
+                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
+                 kernel_size: int = 3, fuse: bool = True):
+        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
+                         kernel_size=kernel_size, fuse=fuse, shortcut=False)
+        if self.zero_init:
+            self.zero_init_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.sn_last(self.residual(x))
