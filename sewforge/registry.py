@@ -47,6 +47,9 @@ def natural_key(text: str) -> List[Any]:
 
 
 _PLUGIN_ERRORS: List[Tuple[str, str, str]] = []
+_ALL_REGISTRIES: List["Registry"] = []
+#: (package, version) of the plugins being imported: their registrations are attributed to them
+_LOADING_PLUGIN: List[Tuple[str, str]] = []
 
 
 def plugin_errors() -> List[Tuple[str, str, str]]:
@@ -78,7 +81,7 @@ class Registry:
         self.group = group
         self._entries: Dict[str, Entry] = {}
         self._plugins_loaded = False
-        self._loading_plugin: Optional[Tuple[str, str]] = None
+        _ALL_REGISTRIES.append(self)
 
     # -- registration ----------------------------------------------------------------------
     def register(
@@ -112,7 +115,7 @@ class Registry:
                 f"{self.kind} {name!r} is already registered (by {old.package} {old.version}); "
                 f"choose another name or unregister {old.name!r} first")
         if package is None:
-            package, plugin_version = self._loading_plugin or ("sewforge", None)
+            package, plugin_version = _LOADING_PLUGIN[-1] if _LOADING_PLUGIN else ("sewforge", None)
             version = version or plugin_version
         if version is None:
             version = _core_version() if package == "sewforge" else _dist_version(package)
@@ -194,17 +197,18 @@ class Registry:
             dist = getattr(ep, "dist", None)
             pkg = dist.metadata["Name"] if dist is not None else ep.value.split(":")[0].split(".")[0]
             ver = dist.version if dist is not None else ""
-            before = dict(self._entries)
-            self._loading_plugin = (pkg, ver)
+            before = [(reg, dict(reg._entries)) for reg in _ALL_REGISTRIES]
+            _LOADING_PLUGIN.append((pkg, ver))
             try:
                 obj = ep.load()
                 if callable(obj) and not isinstance(obj, type):
                     obj(self)
             except Exception as exc:
-                self._entries = before  # a half-registered plugin is dropped as a whole
+                for reg, entries in before:  # a half-registered plugin is dropped as a whole
+                    reg._entries = entries
                 _report(self.group, f"{pkg} {ver}".strip() + f" (entry point {ep.name!r})", exc)
             finally:
-                self._loading_plugin = None
+                _LOADING_PLUGIN.pop()
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"

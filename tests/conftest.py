@@ -22,7 +22,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "sewforge"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def device() -> torch.device:
     """Where kernel tests run: the CPU (interpreted Triton) unless SEWFORGE_TEST_DEVICE says otherwise."""
     return torch.device(os.environ.get("SEWFORGE_TEST_DEVICE", "cpu"))

@@ -1,0 +1,93 @@
+"""A sewforge plugin: the quadratic integrate-and-fire neuron and the fast-sigmoid surrogate.
+
+Both are defined only by their equations (PyTorch + Triton); sewforge composes them into its
+fused kernels with any surrogate, reset mode and SEW function. After ``pip install``:
+
+    >>> import sewforge
+    >>> sewforge.create_neuron("QIF", tau=2.0, a0=1.0, v_c=0.8)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton.language as tl  # noqa: F401  (Triton's interpreter needs tl beside every jit function)
+
+from sewforge.neurons import BaseNeuron, ChargeEquation, check_tau
+from sewforge.registry import NEURONS, SURROGATES
+from sewforge.surrogates import Surrogate
+from sewforge._triton import jit
+
+__all__ = ["QIFNode", "FastSigmoid", "QIF_CHARGE"]
+__version__ = "0.1.0"
+
+
+# H = V + (X + a0 (V - V_rest)(V - V_c)) / tau ; params P = [1/tau, a0, V_c]
+@jit
+def _qif_charge(v, x, P, v_rest):
+    k = tl.load(P)
+    a0 = tl.load(P + 1)
+    v_c = tl.load(P + 2)
+    return v + (x + a0 * (v - v_rest) * (v - v_c)) * k
+
+
+@jit
+def _qif_dh_dv(v, x, h, P, v_rest):
+    k = tl.load(P)
+    a0 = tl.load(P + 1)
+    v_c = tl.load(P + 2)
+    return 1.0 + a0 * k * (2.0 * v - v_rest - v_c)
+
+
+@jit
+def _qif_dh_dx(v, x, h, P, v_rest):
+    return v * 0.0 + tl.load(P)
+
+
+QIF_CHARGE = ChargeEquation(
+    name="QIF",
+    torch_charge=lambda v, x, p, v_rest: v + (x + p[1] * (v - v_rest) * (v - p[2])) * p[0],
+    triton_charge=_qif_charge,
+    triton_dh_dv=_qif_dh_dv,
+    triton_dh_dx=_qif_dh_dx,
+    num_params=3,
+)
+
+
+@NEURONS.register("QIF", description="quadratic integrate-and-fire: H = V + (X + a0 (V - V_rest)(V - V_c)) / tau")
+class QIFNode(BaseNeuron):
+    """Quadratic integrate-and-fire neuron (a neuron that is not in sewforge's core)."""
+
+    def __init__(self, tau: float = 2.0, a0: float = 1.0, v_c: float = 0.8, **kw):
+        super().__init__(**kw)
+        self.tau = check_tau("tau", tau, "QIFNode")
+        if not (math.isfinite(a0) and a0 > 0):
+            raise ValueError(f"QIFNode: a0 must be a finite number > 0, got {a0!r}")
+        self.a0, self.v_c = float(a0), float(v_c)
+        self.register_buffer("_p", torch.tensor([1.0 / self.tau, self.a0, self.v_c]), persistent=False)
+
+    def charge_equation(self) -> ChargeEquation:
+        return QIF_CHARGE
+
+    def charge_params(self) -> torch.Tensor:
+        return self._p
+
+
+@jit
+def _fast_sigmoid_d(x, alpha):
+    z = 1.0 + alpha * tl.abs(x)
+    return 0.5 * alpha / (z * z)
+
+
+@SURROGATES.register("FastSigmoid", description="fast sigmoid (SuperSpike): alpha / (2 (1 + alpha |x|)^2)")
+class FastSigmoid(Surrogate):
+    """sigma(x) = 1/2 + alpha x / (2 (1 + alpha |x|)), Zenke & Ganguli's SuperSpike."""
+
+    default = 2.0
+    triton_derivative = _fast_sigmoid_d
+
+    def derivative(self, x):
+        return 0.5 * self.alpha / (1 + self.alpha * x.abs()) ** 2
+
+    def primitive(self, x):
+        return 0.5 + 0.5 * self.alpha * x / (1 + self.alpha * x.abs())

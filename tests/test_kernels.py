@@ -1,0 +1,122 @@
+"""The fused Triton kernels (interpreted on CPU) equal the PyTorch reference."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import sewforge
+from sewforge import testing
+from sewforge.kernels import multistep_neuron
+from sewforge.kernels.multistep import specializations
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SIZES = st.sampled_from([1, 2, 3, 5, 7, 11, 13])
+
+
+@st.composite
+def neuron_cases(draw):
+    name = draw(st.sampled_from(["IF", "LIF", "PLIF"]))
+    kw = dict(
+        v_threshold=draw(st.sampled_from([1.0, 0.5, 0.75])),
+        v_reset=draw(st.sampled_from([0.0, None, -0.25])),
+        detach_reset=draw(st.booleans()),
+        surrogate=draw(st.sampled_from(sewforge.list_surrogates())),
+    )
+    if name == "LIF":
+        kw.update(tau=draw(st.floats(1.1, 10.0)), decay_input=draw(st.booleans()))
+    if name == "PLIF":
+        kw.update(init_tau=draw(st.floats(1.1, 10.0)), decay_input=draw(st.booleans()))
+    T = draw(st.integers(1, 9))
+    shape = (T,) + tuple(draw(st.lists(SIZES, min_size=0, max_size=3)))
+    dtype = draw(st.sampled_from(DTYPES))
+    g = draw(st.sampled_from([None, "ADD", "AND", "IAND"]))
+    scale = draw(st.sampled_from([0.5, 1.5, 4.0]))
+    seed = draw(st.integers(0, 2 ** 16))
+    return name, kw, shape, dtype, g, scale, seed
+
+
+@settings(max_examples=150)
+@given(neuron_cases())
+def test_kernel_equals_reference(device, case):
+    name, kw, shape, dtype, g, scale, seed = case
+    if kw["v_reset"] is not None and kw["v_reset"] >= kw["v_threshold"]:
+        kw["v_reset"] = 0.0
+    neuron = sewforge.create_neuron(name, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * scale + 0.2).to(device=device, dtype=dtype)
+    sc = (torch.rand(shape, generator=gen) > 0.5).to(device=device, dtype=dtype) if g else None
+    go = torch.randn(shape, generator=gen).to(device)
+    testing.compare_to_reference(neuron, x, shortcut=sc, g=g, grad_out=go)
+
+
+@pytest.mark.parametrize("name", sewforge.list_neurons())
+def test_every_registered_neuron_conforms(device, name):
+    assert testing.check_neuron(name, device=device) > 0
+
+
+@pytest.mark.parametrize("name", sewforge.list_surrogates())
+def test_every_registered_surrogate_conforms(device, name):
+    testing.check_surrogate(name, device=device)
+
+
+@pytest.mark.parametrize("g", sewforge.list_elementwise())
+def test_every_elementwise_function_conforms(device, g):
+    testing.check_elementwise(g, device=device)
+
+
+def test_plif_tau_gradient_is_reduced_over_the_whole_tensor(device):
+    # many programs: the gradient of 1/tau must sum every block's partial sum (the 2021 race)
+    n = sewforge.create_neuron("PLIF")
+    x = torch.randn(4, 3 * 4096 + 17, device=device) * 2
+    testing.compare_to_reference(n, x)
+
+
+def test_streaming_state_matches_one_long_sequence(device):
+    x = torch.randn(8, 3, 5, device=device) * 2
+    whole = sewforge.create_neuron("LIF", backend="triton")(x)
+    stream = sewforge.create_neuron("LIF", backend="triton", stateful=True)
+    parts = torch.cat([stream(x[:3]), stream(x[3:5]), stream(x[5:])])
+    assert torch.equal(whole, parts)
+    stream.reset()
+    assert torch.equal(stream(x), whole)
+
+
+def test_autocast_runs_the_fused_kernel_in_half_precision(device):
+    n = sewforge.create_neuron("PLIF", backend="triton")
+    conv = torch.nn.Linear(6, 6).to(device)
+    x = torch.randn(4, 2, 6, device=device)
+    dtype = torch.bfloat16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        y = conv(x)
+        s = n(y)
+    assert y.dtype == dtype and s.dtype == dtype
+    s.float().sum().backward()
+    assert n.w.grad is not None and math.isfinite(n.w.grad.item())
+    assert conv.weight.grad is not None
+
+
+def test_specialisations_are_cached_per_combination(device):
+    x = torch.randn(2, 3, device=device)
+    for sg in ("ATan", "Sigmoid"):
+        sewforge.create_neuron("IF", surrogate=sg, backend="triton")(x)
+    seen = specializations()
+    assert any("IF + ATan" in k for k in seen) and any("IF + Sigmoid" in k for k in seen)
+
+
+def test_empty_sequences_and_tensors(device):
+    for shape in [(0, 3), (3, 0)]:
+        x = torch.randn(shape, device=device, requires_grad=True)
+        out = sewforge.create_neuron("PLIF", backend="triton")(x)
+        assert out.shape == x.shape
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+
+
+def test_second_backward_through_retained_graph_is_identical(device):
+    n = sewforge.create_neuron("PLIF", backend="triton")
+    x = torch.randn(5, 7, device=device, requires_grad=True)
+    out = n(x)
+    g1 = torch.autograd.grad(out.sum(), x, retain_graph=True)[0]
+    g2 = torch.autograd.grad(out.sum(), x)[0]
+    assert torch.equal(g1, g2)
