@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m sewforge.bench neurons``. Results go to BENCHMARKS.md, device named."""
