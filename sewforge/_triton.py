@@ -18,9 +18,12 @@ except ImportError:  # pragma: no cover
     HAS_TRITON = False
 
 
-def jit(fn):
-    """``triton.jit`` when Triton is installed, else the plain function (never launched)."""
-    return triton.jit(fn) if HAS_TRITON else fn
+def jit(fn=None, **kwargs):
+    """``triton.jit`` (with its keyword arguments) when Triton is installed, else the plain
+    function, which is then never launched."""
+    if fn is None:
+        return lambda f: jit(f, **kwargs)
+    return triton.jit(fn, **kwargs) if HAS_TRITON else fn
 
 
 def interpreting() -> bool:

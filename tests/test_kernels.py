@@ -36,7 +36,7 @@ def neuron_cases(draw):
     return name, kw, shape, dtype, g, scale, seed
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(neuron_cases())
 def test_kernel_equals_reference(device, case):
     name, kw, shape, dtype, g, scale, seed = case

@@ -71,7 +71,7 @@ def _no_g(a, s):
     return a
 
 
-@jit
+@jit(do_not_specialize=["T"])  # one kernel for every sequence length
 def _multistep_fwd(
     X, SC, OUT, H, P, V0, VT,
     N, T, v_th, v_reset,
@@ -108,7 +108,7 @@ def _multistep_fwd(
         tl.store(VT + offs, v, mask=mask)
 
 
-@jit
+@jit(do_not_specialize=["T"])
 def _multistep_bwd(
     GO, X, H, SC, P, V0, GX, GSC, GP,
     N, T, v_th, v_reset, alpha,
