@@ -1,0 +1,68 @@
+"""The one error type of the spec compiler: it points at the text that is wrong."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, List, Optional, Sequence
+
+__all__ = ["SpecError", "close_matches"]
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> List[str]:
+    """Up to ``n`` candidates that look like ``word`` (case-insensitive, difflib ratio)."""
+    by_lower = {}
+    for c in candidates:
+        by_lower.setdefault(c.lower(), c)
+    found = difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=cutoff)
+    return [by_lower[f] for f in found]
+
+
+class SpecError(ValueError):
+    """A spec string (or a build argument) that cannot be compiled.
+
+    ``pos``/``end`` are 0-based character offsets into ``spec`` (``None`` when the problem is
+    not in the text, e.g. a bad ``input_shape``); ``lineno``/``colno`` are 1-based. ``str()``
+    gives the message, the offending line with a caret under the token, and suggestions.
+    """
+
+    def __init__(self, msg: str, spec: Optional[str] = None, pos: Optional[int] = None,
+                 end: Optional[int] = None, suggestions: Sequence[str] = (), hint: Optional[str] = None):
+        self.msg = msg
+        self.spec = spec
+        self.pos = pos
+        self.end = end if end is not None else (None if pos is None else pos + 1)
+        self.suggestions = list(suggestions)
+        self.hint = hint
+        if spec is not None and pos is not None:
+            pos = max(0, min(pos, len(spec)))
+            self.lineno = spec.count("\n", 0, pos) + 1
+            self.colno = pos - (spec.rfind("\n", 0, pos) + 1) + 1
+        else:
+            self.lineno = self.colno = None
+        super().__init__(self._render())
+
+    def __reduce__(self):
+        return (_rebuild, (self.msg, self.spec, self.pos, self.end, tuple(self.suggestions), self.hint))
+
+    def _render(self) -> str:
+        text = self.msg
+        if self.spec is not None and self.pos is not None:
+            text += f" (line {self.lineno} column {self.colno}, char {self.pos})"
+        if self.suggestions:
+            text += "; did you mean " + ", ".join(repr(s) for s in self.suggestions) + "?"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        if self.spec is not None and self.pos is not None:
+            line_start = self.spec.rfind("\n", 0, self.pos) + 1
+            line_end = self.spec.find("\n", self.pos)
+            if line_end == -1:
+                line_end = len(self.spec)
+            line = self.spec[line_start:line_end]
+            start = self.pos - line_start
+            stop = max(start + 1, min(self.end if self.end is not None else self.pos + 1, line_end) - line_start)
+            pad = "".join("\t" if c == "\t" else " " for c in line[:start])  # keep tabs aligned
+            text += f"\n    {line}\n    {pad}{'^' * (stop - start)}"
+        return text
+
+
+def _rebuild(msg, spec, pos, end, suggestions, hint) -> SpecError:
+    return SpecError(msg, spec, pos, end, suggestions, hint)

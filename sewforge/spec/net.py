@@ -1,0 +1,201 @@
+"""Lowering a spec to a multi-step network: :class:`SpecNet`, :func:`build` and :func:`infer`."""
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .errors import SpecError
+from .graph import Graph, GraphNode, apply_overrides, construct
+from .nodes import Spec
+from .parser import parse
+from .profile import LayerRow, format_table, profile_model, table_dict
+
+__all__ = ["SpecNet", "build", "infer", "READOUTS"]
+
+#: how logits are formed from the per-step outputs of the last layer
+READOUTS = ("mean", "sum")
+_STATELESS = ("conv", "bn", "pool", "global_pool", "fc")
+
+
+def _check_input_shape(input_shape: Any) -> Tuple[int, ...]:
+    if input_shape is None:
+        raise SpecError("input_shape is required to build a spec: pass input_shape=(C, H, W), e.g. (2, 128, 128)")
+    if isinstance(input_shape, str):
+        raise SpecError(f"input_shape={input_shape!r}: pass a tuple (C, H, W) such as (2, 128, 128)")
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        raise SpecError(f"input_shape={input_shape!r}: must be a tuple (C, H, W)") from None
+    if len(shape) not in (1, 3) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise SpecError(f"input_shape={input_shape!r}: must be (C, H, W) (or (N,) for flat inputs) with positive "
+                        "integers, e.g. (2, 128, 128)")
+    return shape
+
+
+def _check_T(T: Any) -> Optional[int]:
+    if T is None:
+        return None
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise SpecError(f"T={T!r}: the number of time steps must be a positive integer")
+    return T
+
+
+class SpecNet(nn.Module):
+    """A network compiled from a spec string.
+
+    Takes ``[T, B, *input_shape]`` or a static ``[B, *input_shape]`` (repeated over ``T`` steps;
+    the convolution/BN/pooling layers before the first neuron then run once, which gives the same
+    result as running them on T identical copies) and returns logits ``[B, num_classes]``: the
+    last layer's output reduced over T (``readout="mean"``, as the paper, or ``"sum"``). When the
+    last layer is ``FC``, it is applied to the mean of its inputs over T, which equals the mean of
+    its outputs and costs one matrix product instead of T.
+    """
+
+    def __init__(self, spec: Spec, graph_nodes: Sequence[GraphNode], layers: Sequence[nn.Module],
+                 input_shape: Tuple[int, ...], T: Optional[int] = None, readout: str = "mean"):
+        super().__init__()
+        if readout not in READOUTS:
+            raise SpecError(f"readout={readout!r}: choose one of {', '.join(READOUTS)}")
+        self.spec = spec
+        self.layers = nn.ModuleList(layers)
+        self.input_shape = tuple(input_shape)
+        self.T = _check_T(T)
+        self.readout = readout
+        self._kinds = [n.kind for n in graph_nodes]
+        self.graph = Graph(spec, self.input_shape, tuple(graph_nodes))
+        self.num_classes = math.prod(self.graph.output_shape)
+        self._linear_readout = bool(self._kinds) and self._kinds[-1] == "fc"
+        prefix = 0
+        limit = len(self._kinds) - (1 if self._linear_readout else 0)
+        while prefix < limit and self._kinds[prefix] in _STATELESS:
+            prefix += 1
+        self._static_prefix = prefix
+
+    # -- API ------------------------------------------------------------------------------
+    def to_spec(self) -> str:
+        """The canonical spec of this network (global overrides included): ``build`` of it gives
+        the same architecture."""
+        return self.spec.to_spec()
+
+    def blocks(self) -> List[nn.Module]:
+        """The residual blocks in forward order (for firing-rate and gradient analyses)."""
+        return [m for m, k in zip(self.layers, self._kinds) if k == "block"]
+
+    def layer_table(self) -> List[LayerRow]:
+        """One row per spec token: index, token, output shape, parameters, dense MACs per step."""
+        return [LayerRow(n.index, n.token, n.out_shape, n.params, n.macs) for n in self.graph.nodes]
+
+    def format_table(self) -> str:
+        return format_table(self.layer_table(), self.num_parameters(), self.graph.total_macs,
+                            title=f"{self.to_spec()}  input {'x'.join(map(str, self.input_shape))}"
+                                  + (f"  T={self.T}" if self.T else ""))
+
+    def table_dict(self) -> dict:
+        return table_dict(self.layer_table(), self.num_parameters(), self.graph.total_macs, spec=self.to_spec(),
+                          input_shape=list(self.input_shape), T=self.T, num_classes=self.num_classes)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def fuse(self) -> bool:
+        """Whether the blocks run their last neuron and g as one fused kernel (settable)."""
+        return all(getattr(b, "fuse", True) for b in self.blocks())
+
+    @fuse.setter
+    def fuse(self, value: bool) -> None:
+        for b in self.blocks():
+            b.fuse = bool(value)
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nd = len(self.input_shape)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"SpecNet expects a tensor, got {type(x).__name__}")
+        if tuple(x.shape[-nd:]) != self.input_shape or x.dim() not in (nd + 1, nd + 2):
+            dims = ", ".join(map(str, self.input_shape))
+            raise ValueError(f"SpecNet({self.to_spec()!r}) was built for inputs [T, B, {dims}] or [B, {dims}], "
+                             f"got {list(x.shape)}; rebuild with input_shape matching your data")
+        start = 0
+        if x.dim() == nd + 1:  # static input: repeat over T after the stateless stem
+            if self.T is None:
+                raise ValueError("a static input [B, ...] needs the number of time steps: build with T=... or "
+                                 "pass a sequence [T, B, ...]")
+            steps = self.T
+            x = x.unsqueeze(0)
+            for layer in self.layers[:self._static_prefix]:
+                x = layer(x)
+            start = self._static_prefix
+            x = x.expand(steps, *x.shape[1:]).contiguous()
+        else:
+            steps = x.shape[0]
+        end = len(self.layers) - (1 if self._linear_readout else 0)
+        for layer in self.layers[start:end]:
+            x = layer(x)
+        if self._linear_readout:
+            logits = self.layers[-1](x.mean(0, keepdim=True))[0]
+            return logits * steps if self.readout == "sum" else logits
+        x = x.flatten(2)
+        return x.sum(0) if self.readout == "sum" else x.mean(0)
+
+    def extra_repr(self) -> str:
+        return f"spec={self.to_spec()!r}, input_shape={self.input_shape}, T={self.T}, readout={self.readout!r}"
+
+
+def _compile(spec: Union[str, Spec], input_shape: Any, *, T: Optional[int], fuse: bool, readout: str, meta: bool,
+             overrides: dict) -> SpecNet:
+    parsed = parse(spec) if not isinstance(spec, Spec) else spec
+    shape = _check_input_shape(input_shape)
+    T = _check_T(T)
+    if not isinstance(fuse, bool):
+        raise SpecError(f"fuse={fuse!r}: must be True or False")
+    parsed = apply_overrides(parsed, **overrides)
+    if meta:
+        with torch.device("meta"):
+            nodes, modules = construct(parsed, shape, fuse=fuse, meta=True)
+    else:
+        nodes, modules = construct(parsed, shape, fuse=fuse, meta=False)
+    net = SpecNet(parsed, nodes, modules, shape, T=T, readout=readout)
+    rows, _ = profile_model(net, shape, [(n.token, m) for n, m in zip(nodes, modules)], lead_dims=2)
+    checked = []
+    for node, row in zip(nodes, rows):
+        if row.out_shape and tuple(row.out_shape) != tuple(node.out_shape):
+            raise SpecError(f"{node.token}: the module produced shape {row.out_shape} but {node.out_shape} was "
+                            "inferred; the block's out_shape() disagrees with its forward",
+                            parsed.source or None, node.span[0] if parsed.source else None,
+                            node.span[1] if parsed.source else None)
+        checked.append(GraphNode(node.index, node.token, node.kind, node.in_shape, node.out_shape, node.params,
+                                 row.macs, node.span, node.node))
+    net.graph = Graph(parsed, shape, tuple(checked))
+    return net
+
+
+def build(spec: Union[str, Spec], input_shape: Any = None, T: Optional[int] = None, *, neuron: Any = None,
+          g: Any = None, surrogate: Any = None, zero_init: Optional[bool] = None,
+          v_threshold: Optional[float] = None, num_classes: Optional[int] = None, fuse: bool = True,
+          readout: str = "mean") -> SpecNet:
+    """Compile a spec string into a :class:`SpecNet` for inputs of ``input_shape = (C, H, W)``.
+
+    ``build("c32k3s1-BN-PLIF-{SEW(c32)-MPk2s2}*7-FC11", input_shape=(2, 128, 128), T=16)``.
+    Global overrides (``None`` = as written): ``neuron`` replaces every neuron type, ``g`` the
+    element-wise function of every SEW block, ``surrogate`` / ``v_threshold`` are set on every
+    neuron, ``zero_init`` on every block, ``num_classes`` replaces the final ``FC``'s size.
+    ``fuse`` runs each block's last neuron and g as one kernel. Blocks use the neuron of the
+    nearest neuron token written before them (``IF`` if there is none) unless given
+    ``neuron=...``. Any problem raises :class:`SpecError` pointing at the token.
+    """
+    return _compile(spec, input_shape, T=T, fuse=fuse, readout=readout, meta=False,
+                    overrides=dict(neuron=neuron, g=g, surrogate=surrogate, zero_init=zero_init,
+                                   v_threshold=v_threshold, num_classes=num_classes))
+
+
+def infer(spec: Union[str, Spec], input_shape: Any, **overrides: Any) -> Graph:
+    """The checked :class:`Graph` of a spec (shapes, parameters, MACs) without allocating the
+    network: the modules are built on the meta device and thrown away."""
+    T = overrides.pop("T", None)
+    fuse = overrides.pop("fuse", True)
+    readout = overrides.pop("readout", "mean")
+    return _compile(spec, input_shape, T=T, fuse=fuse, readout=readout, meta=True, overrides=overrides).graph
