@@ -218,6 +218,10 @@ class _Parser:
                              f"{closer_text!r}", tok)
         close = self.next()
         star = self.peek()
+        if star.kind in _CLOSERS:
+            raise self.error(f"unmatched {star.text!r}: the group {opener.text}...{closer_text} before it is "
+                             "already closed", star, hint=f"remove the extra {star.text!r}, then write "
+                             f"{opener.text}...{closer_text}*N")
         if star.kind != "STAR":
             raise self.error(f"expected '*N' (the repetition count) after {closer_text!r}", (close.end, close.end + 1),
                              hint=f"write {opener.text}...{closer_text}*2 to repeat twice; use *1 for a plain group")

@@ -106,12 +106,13 @@ def profile_model(model: nn.Module, input_shape: Sequence[int],
     training = {m: m.training for m in model.modules()}
     saved_state = [(m, m.v) for m in model.modules() if isinstance(getattr(m, "v", None), torch.Tensor)]
     try:
-        for i, (_, module) in enumerate(rows):
-            handles.append(module.register_forward_pre_hook(enter(i)))
-            handles.append(module.register_forward_hook(leave(i)))
+        # counting hooks first: a row that is itself a conv/linear counts before its row closes
         for m in model.modules():
             if _fan_in(m) is not None:
                 handles.append(m.register_forward_hook(count))
+        for i, (_, module) in enumerate(rows):
+            handles.append(module.register_forward_pre_hook(enter(i)))
+            handles.append(module.register_forward_hook(leave(i)))
         model.eval()
         try:
             _run_meta(model, input_shape)
