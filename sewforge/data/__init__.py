@@ -1,0 +1,82 @@
+"""Datasets: the built-in synthetic event data, DVS128 Gesture, CIFAR10-DVS, ImageNet, CIFAR-10.
+
+``create_dataset(name, root=..., split="train", T=16, **kw)`` returns a map-style dataset of
+``(x: float32 tensor, label: int)`` with ``.num_classes``, ``.input_shape`` (C, H, W) and
+``.classes``.  Event data gives ``x = [T, 2, H, W]`` per-polarity event counts; images give
+``[C, H, W]``.  Names are looked up in :data:`sewforge.registry.DATASETS`, so plugins add datasets
+the same way.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, List, Optional
+
+from ..registry import DATASETS
+from .base import DatasetFormatError, DatasetNotFoundError, FrameDatasetBase
+from .events import SPLIT_METHODS, events_to_frames, slice_index, split_by_number, split_by_time
+from .synthetic import SYNTHETIC_CLASSES, SyntheticMotion, synthetic_events, synthetic_frames
+
+__all__ = [
+    "create_dataset", "list_datasets", "SPLITS",
+    "DatasetFormatError", "DatasetNotFoundError", "FrameDatasetBase",
+    "SPLIT_METHODS", "events_to_frames", "slice_index", "split_by_number", "split_by_time",
+    "SYNTHETIC_CLASSES", "SyntheticMotion", "synthetic_events", "synthetic_frames",
+]
+
+SPLITS = ("train", "test")
+
+DATASETS.add("synthetic", SyntheticMotion,
+             description="built-in event data, no download: a shape moving right/left/down/up "
+                         "(4 classes, [T, 2, 32, 32]); the direction is only in the event order")
+
+
+def list_datasets(pattern: str = "*") -> List[str]:
+    """Registered dataset names matching a wildcard, naturally sorted."""
+    return DATASETS.names(pattern)
+
+
+def create_dataset(name: str, *, root: Optional[str] = None, split: str = "train", T: int = 16,
+                   **kwargs: Any):
+    """A dataset by registered name.
+
+    ``split`` is ``"train"`` or ``"test"`` (``"val"`` is accepted for ``"test"``: none of these
+    datasets has a separate validation split).  ``T`` is the number of frames of event data
+    (ignored by image datasets, whose models repeat the static image).  Keyword arguments whose
+    value is None are dropped, so a CLI default of None means "the dataset's own default".
+    Unknown names raise the registry's KeyError (with close matches); an argument the dataset does
+    not take raises ValueError naming it and listing those it does take.
+    """
+    factory = DATASETS.get(name)
+    entry_name = DATASETS.entry(name).name
+    if split == "val":
+        split = "test"
+    if split not in SPLITS:
+        raise ValueError(f"dataset {entry_name!r}: split must be 'train' or 'test' ('val' means 'test'), "
+                         f"got {split!r}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    _check_kwargs(entry_name, factory, kwargs)
+    try:
+        return factory(root=root, split=split, T=T, **kwargs)
+    except ValueError as exc:
+        if type(exc) is ValueError and not str(exc).startswith("dataset "):
+            raise ValueError(f"dataset {entry_name!r}: {exc}") from None
+        raise
+
+
+def _check_kwargs(name: str, factory: Any, kwargs: dict) -> None:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a callable without a signature: let it check its own arguments
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = [n for n, p in params.items()
+               if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+               and n not in ("self", "root", "split", "T")]
+    for key in kwargs:
+        if key not in allowed:
+            import difflib
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"dataset {name!r} has no argument {key!r}{hint} "
+                             f"Its arguments: root, split, T, {', '.join(allowed)}")
