@@ -270,3 +270,16 @@ def test_constructor_errors():
         SEWBlock(4, 4, neuron="PLIFF")
     with pytest.raises(TypeError):
         SEWBlock(4, 4)  # the neuron factory is required
+
+
+def test_neuron_factory_applies_overrides_to_names_and_callables():
+    from sewforge.blocks import neuron_factory
+    from sewforge.neurons import LIFNode
+
+    by_name = neuron_factory("LIF", tau=4.0, v_threshold=None)
+    by_class = neuron_factory(LIFNode, tau=4.0, surrogate="Sigmoid")
+    a, b = by_name(), by_class()
+    assert a is not by_name() and a.tau == b.tau == 4.0 and a.v_threshold == 1.0 and b.surrogate.name == "Sigmoid"
+    assert type(neuron_factory(None)()).__name__ == "IFNode"
+    with pytest.raises(ValueError, match="tau"):
+        neuron_factory("LIF", tau=0.5)

@@ -1,4 +1,6 @@
 """SEW ResNet and Spiking ResNet for images: layout, parameter counts, input forms, options."""
+import re
+
 import pytest
 import torch
 import torchvision
@@ -6,7 +8,7 @@ from torch import nn
 
 import sewforge
 import sewforge.models.resnet as resnet
-from sewforge.blocks import SEWBlock, SEWBottleneck, SpikingBottleneck, SpikingResNetBlock, unfused
+from sewforge.blocks import SEWBottleneck, SpikingResNetBlock, unfused
 
 DEPTHS = [18, 34, 50, 101, 152]
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
@@ -22,7 +24,8 @@ def small_images(b=2, seed=0):
 
 
 def test_all_image_resnets_are_registered_in_natural_order():
-    assert sewforge.MODELS.names("*_resnet*") == NAMES
+    image_resnets = [n for n in sewforge.MODELS.names("*_resnet*") if re.fullmatch(r"(sew|spiking)_resnet\d+", n)]
+    assert image_resnets == NAMES
     for name in NAMES:
         entry = sewforge.MODELS.entry(name)
         assert entry.meta("params") == TORCHVISION_PARAMS[int(name.split("resnet")[1])]
@@ -79,6 +82,24 @@ def test_options_reach_every_block_and_neuron():
     assert all(b.g.name == "IAND" and not b.fuse for b in model.blocks())
     assert (model.T, model.num_classes, model.fc.out_features) == (2, 10, 10)
     assert count(model) == TORCHVISION_PARAMS[34] - 1000 * 513 + 10 * 513 + len(neurons)  # fc, one w per PLIF
+
+
+def test_input_shape_sets_the_stem_channels():
+    model = resnet.sew_resnet18(num_classes=10, input_shape=(1, 28, 28))
+    assert model.input_shape == (1, 28, 28) and model.conv1.in_channels == 1
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert resnet.spiking_resnet18(in_channels=2).input_shape == (2, 224, 224)
+    with pytest.raises(ValueError, match=r"input_shape must be \(C, H, W\)"):
+        resnet.sew_resnet18(input_shape=(3, 224))
+    with pytest.raises(ValueError, match="in_channels=3 contradicts input_shape"):
+        resnet.sew_resnet18(in_channels=3, input_shape=(1, 28, 28))
+
+
+def test_fuse_switch_on_the_model():
+    model = resnet.sew_resnet18(fuse=False)
+    assert not model.fuse and not any(b.fuse for b in model.blocks())
+    model.fuse = True
+    assert model.fuse and all(b.fuse for b in model.blocks())
 
 
 def test_spiking_resnet_rejects_a_sew_function():

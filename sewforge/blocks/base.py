@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Tuple, Union
 
 import torch
 from torch import nn
@@ -19,21 +19,27 @@ from ..layers import seq_fold
 from ..neurons import create_neuron
 from ..registry import ELEMENTWISE
 
-__all__ = ["ResidualBlock", "NeuronFactory", "resolve_neuron_factory", "conv_bn", "iter_blocks", "unfused"]
+__all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "iter_blocks", "unfused"]
 
 NeuronFactory = Callable[[], nn.Module]
 
 
-def resolve_neuron_factory(neuron: Union[str, NeuronFactory], owner: str = "block") -> NeuronFactory:
-    """A zero-argument neuron factory from a factory or a registered neuron name ("PLIF")."""
+def neuron_factory(neuron: Union[str, Callable[..., nn.Module], None] = "IF", *, owner: str = "neuron",
+                   **overrides: Any) -> NeuronFactory:
+    """A zero-argument factory of fresh neurons from a registered name ("PLIF") or a callable
+    (a neuron class, ``functools.partial(sewforge.create_neuron, ...)``), with shared overrides
+    such as ``surrogate=`` or ``v_threshold=``; None-valued overrides mean "the neuron's default"."""
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    if neuron is None:
+        neuron = "IF"
     if isinstance(neuron, str):
-        create_neuron(neuron)  # fail now, with the registry's message, rather than mid-build
-        return functools.partial(create_neuron, neuron)
+        create_neuron(neuron, **kw)  # fail now, with the registry's or the neuron's message, not mid-build
+        return functools.partial(create_neuron, neuron, **kw)
     if not callable(neuron):
         raise TypeError(f"{owner}: neuron must be a zero-argument factory returning a neuron module "
                         f"(e.g. functools.partial(sewforge.create_neuron, 'PLIF')) or a neuron name, "
                         f"got {type(neuron).__name__}")
-    return neuron
+    return functools.partial(neuron, **kw) if kw else neuron
 
 
 def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +80,7 @@ class ResidualBlock(nn.Module):
         if self.kernel_size % 2 == 0:
             raise ValueError(f"{owner}: kernel_size must be odd so that padding kernel_size // 2 keeps the "
                              f"spatial size, got {kernel_size}")
-        self._neuron_factory = resolve_neuron_factory(neuron, owner)
+        self._neuron_factory = neuron_factory(neuron, owner=owner)
         if self.uses_g:
             fn = create_elementwise(g if g is not None else "ADD")
             # Keep the registered name rather than the object: the object holds Triton functions and

@@ -14,42 +14,31 @@ neurons (IF, LIF) the parameter counts equal torchvision's exactly: 11,689,512 /
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..blocks import ResidualBlock, conv_bn
+from ..blocks import conv_bn, neuron_factory
+from ..blocks.base import _positive_int
 from ..layers import seq_fold
-from ..neurons import create_neuron
 from ..registry import BLOCKS, MODELS
 
-__all__ = ["ResNet", "neuron_factory",
+__all__ = ["ResNet", "PARAM_COUNTS",
            "sew_resnet18", "sew_resnet34", "sew_resnet50", "sew_resnet101", "sew_resnet152",
            "spiking_resnet18", "spiking_resnet34", "spiking_resnet50", "spiking_resnet101", "spiking_resnet152"]
 
 
-def neuron_factory(neuron: Union[str, Callable[..., nn.Module], None] = "IF", *, surrogate: Any = None,
-                   v_threshold: Optional[float] = None, **kwargs: Any) -> Callable[[], nn.Module]:
-    """A zero-argument factory of fresh neurons from a registered name (or a neuron class / factory)
-    and shared overrides; None-valued overrides mean "the neuron's own default"."""
-    kw = {k: v for k, v in dict(surrogate=surrogate, v_threshold=v_threshold, **kwargs).items() if v is not None}
-    if neuron is None:
-        neuron = "IF"
-    if isinstance(neuron, str):
-        create_neuron(neuron, **kw)  # fail at build time with the registry's message, not mid-model
-        return functools.partial(create_neuron, neuron, **kw)
-    if not callable(neuron):
-        raise TypeError(f"neuron must be a registered neuron name (e.g. 'IF', 'PLIF') or a callable returning a "
-                        f"neuron module, got {type(neuron).__name__}")
-    return functools.partial(neuron, **kw) if kw else neuron
-
-
-def _positive_int(name: str, value: Any, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return value
+def _input_shape(in_channels: Optional[int], input_shape: Optional[Sequence[int]], owner: str
+                 ) -> Tuple[int, int, int]:
+    if input_shape is None:
+        return (_positive_int("in_channels", 3 if in_channels is None else in_channels, owner), 224, 224)
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else ()
+    if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
+        raise ValueError(f"{owner}: input_shape must be (C, H, W) with positive integers, got {input_shape!r}")
+    if in_channels is not None and in_channels != shape[0]:
+        raise ValueError(f"{owner}: in_channels={in_channels} contradicts input_shape={shape}; give one of them")
+    return shape  # type: ignore[return-value]
 
 
 class ResNet(nn.Module):
@@ -58,13 +47,14 @@ class ResNet(nn.Module):
     ``block`` is a registered block name ("SEW", "SpikingResNet", "SEWBottleneck", ...) or class;
     ``layers`` the number of blocks per stage. Input ``[B, C, H, W]`` (the stem runs once and its
     output is repeated T times) or ``[T, B, C, H, W]`` (the stem runs folded over T*B); output
-    logits ``[B, num_classes]``.
+    logits ``[B, num_classes]``. ``input_shape`` (default ``(in_channels, 224, 224)``) only
+    records the intended input and sets the stem's channels; any H, W >= 1 runs.
     """
 
     def __init__(self, block: Union[str, type], layers: Sequence[int], *, num_classes: int = 1000, T: int = 4,
                  g: Any = "ADD", neuron: Union[str, Callable[..., nn.Module], None] = "IF", surrogate: Any = None,
                  zero_init: bool = False, v_threshold: Optional[float] = None, fuse: bool = True,
-                 in_channels: int = 3):
+                 in_channels: Optional[int] = None, input_shape: Optional[Sequence[int]] = None):
         super().__init__()
         owner = type(self).__name__
         self.block_type = BLOCKS.get(block) if isinstance(block, str) else block
@@ -72,8 +62,8 @@ class ResNet(nn.Module):
             raise ValueError(f"{owner}: layers must be 4 positive block counts, one per stage, got {layers!r}")
         self.T = _positive_int("T", T, owner)
         self.num_classes = _positive_int("num_classes", num_classes, owner)
-        in_channels = _positive_int("in_channels", in_channels, owner)
-        self.input_shape: Tuple[int, int, int] = (in_channels, 224, 224)
+        self.input_shape: Tuple[int, int, int] = _input_shape(in_channels, input_shape, owner)
+        in_channels = self.input_shape[0]
         make_neuron = neuron_factory(neuron, surrogate=surrogate, v_threshold=v_threshold)
 
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -106,6 +96,17 @@ class ResNet(nn.Module):
         if zero_init:
             for b in self.blocks():
                 b.zero_init_()
+
+    @property
+    def fuse(self) -> bool:
+        """Whether the SEW blocks run their last neuron and g as one kernel; set False so that
+        forward hooks on ``block.sn_last`` see A (see also :func:`sewforge.blocks.unfused`)."""
+        return all(b.fuse for b in self.blocks())
+
+    @fuse.setter
+    def fuse(self, value: bool) -> None:
+        for b in self.blocks():
+            b.fuse = bool(value)
 
     def blocks(self) -> List[nn.Module]:
         """The residual blocks in forward order (``layer1[0]`` ... ``layer4[-1]``)."""
@@ -175,9 +176,11 @@ def _register(family: str, depth: int) -> Callable[..., ResNet]:
 
     def factory(num_classes: Optional[int] = 1000, T: Optional[int] = 4, g: Any = "ADD", neuron: Any = "IF",
                 surrogate: Any = None, zero_init: Optional[bool] = False, v_threshold: Optional[float] = None,
-                fuse: Optional[bool] = True, **kwargs: Any) -> ResNet:
+                fuse: Optional[bool] = True, input_shape: Optional[Sequence[int]] = None,
+                **kwargs: Any) -> ResNet:
         return _build(family, depth, num_classes=num_classes, T=T, g=g, neuron=neuron, surrogate=surrogate,
-                      zero_init=zero_init, v_threshold=v_threshold, fuse=fuse, **kwargs)
+                      zero_init=zero_init, v_threshold=v_threshold, fuse=fuse, input_shape=input_shape,
+                      **kwargs)
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (f"{title}-{depth} for 3x224x224 images (torchvision v1.5 layout, IF neurons, T=4 "
