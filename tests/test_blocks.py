@@ -283,3 +283,29 @@ def test_neuron_factory_applies_overrides_to_names_and_callables():
     assert type(neuron_factory(None)()).__name__ == "IFNode"
     with pytest.raises(ValueError, match="tau"):
         neuron_factory("LIF", tau=0.5)
+
+
+def test_a_plugin_registered_g_is_used_by_name():
+    """g resolves through the ELEMENTWISE registry, so a function a plugin registers works in
+    blocks (here OR(A, S) = A + S - A*S, run by the PyTorch reference)."""
+    from sewforge.elementwise import ElementwiseFunction
+
+    fn = ElementwiseFunction("OR_test", lambda a, s: a + s - a * s, None, None, None, 0.0, "A or S")
+    sewforge.ELEMENTWISE.add("OR_test", fn)
+    try:
+        block = SEWBlock(3, 3, neuron=IF, g="or_test", zero_init=True)
+        x = spikes(2, 2, 3, 4, 4)
+        assert block.g is fn and torch.equal(block(x), x)
+        nn.init.constant_(block.bn2.weight, 1.0)
+        nn.init.constant_(block.bn2.bias, 0.5)
+        block.fuse = False
+        a = block.sn_last(block.residual(x))
+        assert torch.equal(block(x), a + x - a * x)
+    finally:
+        sewforge.ELEMENTWISE.unregister("OR_test")
+
+
+def test_zero_init_on_the_meta_device_builds_without_values():
+    with torch.device("meta"):
+        block = SEWBottleneck(8, 8, neuron="PLIF", g="AND", zero_init=True)
+    assert block.zero_init and block.bn3.weight.is_meta

@@ -134,10 +134,12 @@ class ResidualBlock(nn.Module):
         """Make the residual branch start as an identity (section 3.3): last BN weight 0, and for
         g = AND its bias set so that ``sn_last`` fires at every step (A = 1, AND(1, S) = S)."""
         bn = self.last_bn
+        self.zero_init = True
+        if bn.weight.is_meta:  # shapes only (parameter counting, profiling): no values to set
+            return self
         bn.weight.zero_()
         bias = self.sn_last.firing_input() if self.uses_g and self.g.identity_a == 1.0 else 0.0
         bn.bias.fill_(bias)
-        self.zero_init = True
         return self
 
     def out_shape(self, in_shape: Tuple[int, int, int]) -> Tuple[int, int, int]:
