@@ -183,8 +183,8 @@ class ResidualBlock(nn.Module):
 
 
 def iter_blocks(module: nn.Module) -> Iterator[nn.Module]:
-    """The residual blocks inside ``module`` in forward order (any module with ``sn_last`` and
-    ``fuse``, so plugin blocks count too)."""
+    """The residual blocks inside ``module`` in registration order, which is the forward order of
+    sequential networks (any module with ``sn_last`` and ``fuse`` counts, so plugin blocks do too)."""
     for m in module.modules():
         if isinstance(m, ResidualBlock) or (hasattr(m, "sn_last") and hasattr(m, "fuse")):
             yield m
