@@ -1,0 +1,120 @@
+"""Checkpoints that survive a crash and load with ``torch.load(..., weights_only=True)``.
+
+A checkpoint holds only tensors and plain containers of numbers and strings: the model, optimizer,
+scheduler and loss-scaler states, the epoch, the best accuracy, the metric history and the random
+number generator states of every process, so that a resumed run continues exactly as an
+uninterrupted one.  Files are written to a temporary name in the same folder and renamed, so a
+crash never leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Union
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
+           "atomic_write_bytes", "atomic_write_text"]
+
+FORMAT = "sewforge-train-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or not a sewforge training checkpoint."""
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    path = Path(path)
+    tmp = _tmp_name(path)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    _replace(tmp, path)
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> None:
+    """Write ``state`` (plus format tags) to ``path`` atomically."""
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _replace(tmp, path)
+
+
+def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a training checkpoint on the CPU, safely (no arbitrary objects are unpickled)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, unsafe content
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
+                              "it may be truncated or not a sewforge checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a sewforge training checkpoint "
+                              f"(expected format {FORMAT!r})")
+    if state.get("version", 0) > VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has version {state.get('version')}, newer than this "
+                              f"sewforge understands ({VERSION}); upgrade sewforge")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# random number generators, as plain data
+# ---------------------------------------------------------------------------------------------
+def capture_rng() -> Dict[str, Any]:
+    """The state of Python's, NumPy's, PyTorch's and CUDA's generators (tensors and lists only)."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: Dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    cuda: List[torch.Tensor] = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        count = min(len(cuda), torch.cuda.device_count())
+        for i in range(count):
+            torch.cuda.set_rng_state(cuda[i], i)

@@ -1,0 +1,515 @@
+"""The training loop: one recipe in, a run folder out.
+
+Per epoch: set the learning rate for this epoch, train (random temporal delete, AMP, DDP), average
+batch-norm statistics across processes, test on all T frames while counting spikes, then save
+``best.pt`` / ``last.pt`` and append a row to ``summary.csv``.  The data order is a function of
+(seed, epoch) and every random generator is saved with the checkpoint, so ``--resume`` continues
+bit for bit where an uninterrupted run would be.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .distributed import DistContext, all_gather_objects, all_reduce_sum, average_bn_buffers, setup, teardown
+from .recipe import Recipe, dump_recipe, recipe_to_dict
+from .runlog import RUN_FILES, Progress, RunLog
+
+__all__ = ["TrainResult", "NonFiniteLossError", "RunFolderError", "train", "evaluate_checkpoint", "build_model",
+           "build_datasets", "FiringRateMeter", "temporal_delete", "time_major"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class RunFolderError(RuntimeError):
+    """The output folder holds an earlier run that this one would overwrite."""
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    epochs_done: int
+    best_test_acc: float
+    best_epoch: int
+    history: List[Dict[str, float]]
+    model: nn.Module = field(repr=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------
+def build_datasets(recipe: Recipe, splits: Sequence[str] = ("train", "test")) -> Dict[str, Dataset]:
+    """The recipe's datasets by role ("train", "test") through ``sewforge.data.create_dataset``."""
+    from ..data import create_dataset
+
+    d = recipe.data
+    names = {"train": d.train_split, "test": d.test_split}
+    out = {}
+    for role in splits:
+        out[role] = create_dataset(d.name, root=d.root, split=names[role], T=d.T, **d.kwargs)
+    return out
+
+
+def build_model(recipe: Recipe, dataset: Dataset) -> nn.Module:
+    """The recipe's network through ``sewforge.models.create_model``, sized for ``dataset``."""
+    from ..models import create_model
+    from ..registry import MODELS
+
+    m = recipe.model
+    kwargs: Dict[str, Any] = {"T": recipe.data.T, "input_shape": tuple(dataset.input_shape), "g": m.g,
+                              "neuron": m.neuron, "surrogate": m.surrogate, "zero_init": m.zero_init,
+                              "v_threshold": m.v_threshold}
+    if m.name in MODELS:  # a zoo model is sized for the data; a spec string says its classes (FC10)
+        kwargs["num_classes"] = getattr(dataset, "num_classes", None)
+    kwargs.update(m.kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    model = create_model(m.name, **kwargs)
+    classes = getattr(dataset, "num_classes", None)
+    got = getattr(model, "num_classes", None)
+    if classes is not None and got is not None and got != classes:
+        raise ValueError(f"model {m.name!r} has {got} outputs but dataset {recipe.data.name!r} has {classes} "
+                         "classes; make the model's last layer match (e.g. FC{classes} in a spec string)")
+    return model
+
+
+def time_major(x: torch.Tensor) -> torch.Tensor:
+    """A batch of event samples ``[B, T, ...]`` as the ``[T, B, ...]`` the networks take; static
+    images ``[B, C, H, W]`` pass unchanged (the model repeats them over its T steps)."""
+    return x.transpose(0, 1) if x.dim() == 5 else x
+
+
+def temporal_delete(x: torch.Tensor, keep: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Random temporal delete: ``keep`` of the T frames of ``x = [T, B, ...]``, drawn without
+    replacement, in their original order, the same frames for the whole batch."""
+    steps = x.shape[0]
+    if keep >= steps:
+        return x
+    index = torch.randperm(steps, generator=generator)[:keep].sort().values
+    return x.index_select(0, index.to(x.device))
+
+
+class _ShardSampler(Sampler):
+    """Every rank tests a disjoint part of the test set (no padding, so the sums are exact)."""
+
+    def __init__(self, size: int, rank: int, world_size: int):
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class FiringRateMeter:
+    """Mean firing rate of all neuron outputs: hooks on every ``BaseNeuron``.
+
+    While measuring, modules with a ``fuse`` switch run their last neuron and ``g`` separately, so
+    every neuron hands out spikes (a fused SEW neuron returns ``g(A, S)`` instead).
+    """
+
+    def __init__(self, model: nn.Module):
+        from ..neurons import BaseNeuron
+
+        self.model = model
+        self.neurons = [m for m in model.modules() if isinstance(m, BaseNeuron)]
+        self.spikes: Optional[torch.Tensor] = None
+        self.count = 0
+
+    def _hook(self, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
+        if kwargs.get("shortcut") is not None or len(args) > 1 or not isinstance(out, torch.Tensor):
+            return  # a fused g(A, S): not spikes
+        s = out.detach().sum(dtype=torch.float64)
+        self.spikes = s if self.spikes is None else self.spikes + s
+        self.count += out.numel()
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator["FiringRateMeter"]:
+        self.spikes, self.count = None, 0
+        handles = [n.register_forward_hook(self._hook, with_kwargs=True) for n in self.neurons]
+        fused = [(m, m.fuse) for m in self.model.modules() if isinstance(getattr(m, "fuse", None), bool)]
+        for m, _ in fused:
+            m.fuse = False
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            for m, value in fused:
+                m.fuse = value
+
+    def totals(self) -> Tuple[float, float]:
+        return (0.0 if self.spikes is None else float(self.spikes)), float(self.count)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
+    if recipe.amp_dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, recipe.amp_dtype)
+
+
+def _build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    o = recipe.optimizer
+    kwargs = dict(o.kwargs)
+    if o.name.lower() == "sgd":
+        kwargs.setdefault("nesterov", o.nesterov)  # timm's 'sgd' would otherwise mean Nesterov
+    return create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                               **kwargs)
+
+
+def _build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> Any:
+    from timm.scheduler import create_scheduler_v2
+
+    s = recipe.scheduler
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=s.name, num_epochs=s.T_max or recipe.epochs, decay_epochs=s.step_size,
+        decay_milestones=list(s.milestones), decay_rate=s.gamma, min_lr=s.min_lr, warmup_lr=s.warmup_lr,
+        warmup_epochs=s.warmup_epochs, step_on_epochs=True)
+    return scheduler
+
+
+@dataclass
+class _EpochStats:
+    loss: float
+    acc: float
+    firing_rate: float = float("nan")
+
+
+def _train_epoch(ctx: DistContext, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                 scaler: Any, recipe: Recipe, epoch: int, progress: bool) -> _EpochStats:
+    model.train()
+    dev = ctx.device
+    amp_dtype = _autocast_dtype(recipe, dev)
+    total = len(loader)
+    bar = Progress(total, f"epoch {epoch + 1}/{recipe.epochs} train", enabled=progress and ctx.is_main)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    count = 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step, (x, y) in enumerate(loader, 1):
+        x = time_major(x.to(dev, non_blocking=True))
+        y = y.to(dev, non_blocking=True)
+        if recipe.T_train is not None:
+            x = temporal_delete(x, recipe.T_train)
+        with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=recipe.amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        value = loss.detach()
+        finite = torch.isfinite(value)
+        if ctx.distributed:  # every rank must stop together, or the others would wait forever
+            flag = finite.to(torch.float32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = flag > 0
+        if not bool(finite):
+            raise NonFiniteLossError(f"training loss is {float(value)} at epoch {epoch + 1}, step {step}/{total}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if recipe.clip_grad is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, recipe.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        b = y.shape[0]
+        loss_sum += value.double() * b
+        correct += (logits.detach().argmax(1) == y).sum()
+        count += b
+        if bar.enabled:
+            bar.update(step, loss=float(loss_sum) / count, acc=100.0 * float(correct) / count)
+    total_loss, total_correct, total_count = all_reduce_sum(ctx, [float(loss_sum), float(correct), float(count)])
+    total_count = max(total_count, 1.0)
+    return _EpochStats(total_loss / total_count, 100.0 * total_correct / total_count)
+
+
+@torch.no_grad()
+def _evaluate(ctx: DistContext, model: nn.Module, loader: DataLoader, recipe: Recipe, meter: FiringRateMeter,
+              progress: bool, desc: str = "test") -> _EpochStats:
+    model.eval()
+    dev = ctx.device
+    amp_dtype = _autocast_dtype(recipe, dev)
+    bar = Progress(len(loader), desc, enabled=progress and ctx.is_main)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    count = 0
+    with meter.measuring():
+        for step, (x, y) in enumerate(loader, 1):
+            x = time_major(x.to(dev, non_blocking=True))
+            y = y.to(dev, non_blocking=True)
+            with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=recipe.amp):
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+            count += y.shape[0]
+            if bar.enabled:
+                bar.update(step)
+        spikes, outputs = meter.totals()
+    sums = all_reduce_sum(ctx, [float(loss_sum), float(correct), float(count), spikes, outputs])
+    n = max(sums[2], 1.0)
+    rate = sums[3] / sums[4] if sums[4] > 0 else float("nan")
+    return _EpochStats(sums[0] / n, 100.0 * sums[1] / n, rate)
+
+
+def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, recipe: Recipe, device: torch.device,
+            drop_last: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=recipe.data.workers,
+                      pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=False)
+
+
+def _configure_torch(recipe: Recipe, device: torch.device) -> None:
+    if recipe.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _check_sample(recipe: Recipe, dataset: Dataset) -> None:
+    x, _ = dataset[0]
+    if recipe.T_train is not None and torch.as_tensor(x).dim() != 4:
+        raise ValueError(f"T_train={recipe.T_train} (random temporal delete) needs event samples [T, C, H, W], "
+                         f"but dataset {recipe.data.name!r} gives {tuple(torch.as_tensor(x).shape)}; "
+                         "set T_train: null")
+
+
+def _agree(ctx: DistContext, error: Optional[BaseException]) -> None:
+    """Raise on every rank when one rank failed during set-up (instead of leaving others waiting)."""
+    errors = all_gather_objects(ctx, None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        raise error
+    for e in errors:
+        if e is not None:
+            raise RuntimeError(f"another process failed during set-up: {e[0]}: {e[1]}")
+
+
+def _recipe_diff(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
+    out = []
+    for key in new:
+        a, b = old.get(key), new[key]
+        if isinstance(a, dict) and isinstance(b, dict) and key != "kwargs":
+            out += _recipe_diff(a, b, f"{prefix}{key}.")
+        elif a != b and f"{prefix}{key}" != "output":
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _resume_path(resume: Union[bool, str, Path], output: Path) -> Path:
+    if resume is True:
+        return output / "last.pt"
+    p = Path(resume)
+    return p / "last.pt" if p.is_dir() else p
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry points
+# ---------------------------------------------------------------------------------------------
+def train(recipe: Recipe, *, resume: Union[None, bool, str, Path] = None, overwrite: bool = False,
+          progress: bool = True, log: Any = None) -> TrainResult:
+    """Train as the recipe says and return the result (only rank 0 writes the run folder).
+
+    ``resume``: True continues ``<output>/last.pt``; a path names a checkpoint or run folder.
+    Raises :class:`NonFiniteLossError` when the loss stops being finite (the last good checkpoint is
+    kept), :class:`RunFolderError` when ``output`` holds another run and neither ``resume`` nor
+    ``overwrite`` is given.
+    """
+    log = log or (lambda msg: print(msg, flush=True))
+    ctx = setup(recipe.device)
+    try:
+        return _train(recipe, ctx, resume, overwrite, progress, log)
+    finally:
+        teardown(ctx)
+
+
+def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progress: bool, log: Any) -> TrainResult:
+    say = log if ctx.is_main else (lambda msg: None)
+    output = Path(recipe.output)
+    _configure_torch(recipe, ctx.device)
+
+    error: Optional[BaseException] = None
+    ckpt: Optional[Dict[str, Any]] = None
+    try:
+        if resume:
+            ckpt_path = _resume_path(resume, output)
+            ckpt = load_checkpoint(ckpt_path)
+        elif ctx.is_main and any((output / name).exists() for name in ("summary.csv", "last.pt")) and not overwrite:
+            raise RunFolderError(
+                f"output folder {str(output)!r} already holds a run (summary.csv / last.pt); continue it with "
+                f"--resume, start over with --overwrite, or choose another folder with output=...")
+    except (CheckpointError, RunFolderError) as exc:
+        error = exc
+    _agree(ctx, error)
+
+    _seed_everything(recipe.seed)
+    datasets = build_datasets(recipe)
+    _check_sample(recipe, datasets["train"])
+    model = build_model(recipe, datasets["train"]).to(ctx.device)
+    if recipe.sync_bn and ctx.distributed:
+        if ctx.device.type == "cpu":
+            raise ValueError("sync_bn: true needs GPUs (PyTorch's SyncBatchNorm does not run on CPUs); set "
+                             "sync_bn: false, the batch-norm statistics are then averaged after every epoch")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    raw_model = model
+    optimizer = _build_optimizer(recipe, raw_model)
+    scheduler = _build_scheduler(recipe, optimizer)
+    use_scaler = recipe.amp and ctx.device.type == "cuda" and _autocast_dtype(recipe, ctx.device) == torch.float16
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_scaler)
+
+    start_epoch, best_acc, best_epoch = 0, 0.0, 0
+    history: List[Dict[str, float]] = []
+    rng_states: Optional[List[Dict[str, Any]]] = None
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        initial_lrs = [group.get("initial_lr") for group in optimizer.param_groups]
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for group, lr0 in zip(optimizer.param_groups, initial_lrs):  # the recipe's lr, not the old run's
+            if lr0 is not None:
+                group["initial_lr"] = lr0
+        old_recipe = ckpt.get("recipe") or {}
+        new_recipe = recipe_to_dict(recipe)
+        same_schedule = all(old_recipe.get(k) == new_recipe[k] for k in ("scheduler", "epochs", "optimizer"))
+        if scheduler is not None and ckpt.get("scheduler") and same_schedule:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        changed = _recipe_diff(old_recipe, new_recipe)
+        if changed:
+            say("resuming with a changed recipe (the learning rate follows the new one): " + "; ".join(changed))
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch = int(ckpt["epoch"])
+        best_acc, best_epoch = float(ckpt["best_test_acc"]), int(ckpt["best_epoch"])
+        history = [dict(r) for r in ckpt["history"]][:start_epoch]
+        rng_states = ckpt.get("rng")
+    if ctx.distributed:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(raw_model, device_ids=ids)
+
+    _seed_everything(recipe.seed + ctx.rank)
+    train_sampler = DistributedSampler(datasets["train"], num_replicas=ctx.world_size, rank=ctx.rank,
+                                       shuffle=True, seed=recipe.seed)
+    train_loader = _loader(datasets["train"], recipe.batch_size, train_sampler, recipe, ctx.device, recipe.drop_last)
+    test_loader = _loader(datasets["test"], recipe.test_batch_size or recipe.batch_size,
+                          _ShardSampler(len(datasets["test"]), ctx.rank, ctx.world_size), recipe, ctx.device, False)
+    if len(train_loader) == 0:
+        raise ValueError(f"the training split of {recipe.data.name!r} has {len(datasets['train'])} samples per "
+                         f"process, fewer than batch_size={recipe.batch_size} with drop_last=true")
+    meter = FiringRateMeter(raw_model)
+
+    if ctx.is_main and overwrite and ckpt is None:
+        RunLog.remove_previous(output)
+    runlog = RunLog(output, enabled=ctx.is_main, start_epoch=start_epoch)
+    if ctx.is_main:
+        runlog.write_args(dump_recipe(recipe))
+        runlog.sync_summary(history)
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    say(f"run folder {output}: model {recipe.model.name!r} ({n_params:,} parameters), data {recipe.data.name!r} "
+        f"({len(datasets['train'])} train / {len(datasets['test'])} test), device {ctx.device}"
+        + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+    if ckpt is not None:
+        say(f"resuming after epoch {start_epoch} (best test acc {best_acc:.2f}% at epoch {best_epoch})")
+        if start_epoch >= recipe.epochs:
+            say(f"nothing to do: {start_epoch} of epochs={recipe.epochs} are done; raise epochs= to train longer")
+        if rng_states is not None and len(rng_states) == ctx.world_size:
+            restore_rng(rng_states[ctx.rank])
+        else:
+            say(f"the checkpoint was written by {len(rng_states or [])} processes, this run has {ctx.world_size}: "
+                "random streams restart from the seed (the run will not repeat the original exactly)")
+            _seed_everything(recipe.seed + ctx.rank + 1000 * start_epoch)
+
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            t0 = time.perf_counter()
+            if scheduler is not None:
+                scheduler.step(epoch)
+            lr = float(optimizer.param_groups[0]["lr"])
+            train_sampler.set_epoch(epoch)
+            try:
+                tr = _train_epoch(ctx, model, train_loader, optimizer, scaler, recipe, epoch, progress)
+            except NonFiniteLossError as exc:
+                kept = (f"the checkpoints of epoch {history[-1]['epoch']} in {str(output)!r} are kept"
+                        if history else "no checkpoint was written")
+                raise NonFiniteLossError(f"{exc}: stopped; {kept}. Try a lower optimizer.lr, clip_grad, "
+                                         "or amp: false") from None
+            if not recipe.sync_bn:
+                average_bn_buffers(ctx, raw_model)
+            te = _evaluate(ctx, raw_model, test_loader, recipe, meter, progress)
+            improved = best_epoch == 0 or te.acc > best_acc
+            if improved:
+                best_acc, best_epoch = te.acc, epoch + 1
+            row = {"epoch": epoch + 1, "train_loss": tr.loss, "train_acc": tr.acc, "test_loss": te.loss,
+                   "test_acc": te.acc, "best_test_acc": best_acc, "lr": lr, "seconds": time.perf_counter() - t0,
+                   "firing_rate": te.firing_rate}
+            history.append(row)
+            rngs = all_gather_objects(ctx, capture_rng())
+            if ctx.is_main:
+                state = {"epoch": epoch + 1, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                         "scaler": scaler.state_dict(), "best_test_acc": best_acc, "best_epoch": best_epoch,
+                         "history": [dict(r) for r in history], "rng": rngs, "recipe": recipe_to_dict(recipe),
+                         "world_size": ctx.world_size}
+                if improved:
+                    save_checkpoint(output / "best.pt", state)
+                save_checkpoint(output / "last.pt", state)
+                runlog.append(row, history)
+            say(f"epoch {epoch + 1}/{recipe.epochs}  train loss {tr.loss:.4f} acc {tr.acc:.2f}%  "
+                f"test loss {te.loss:.4f} acc {te.acc:.2f}%  best {best_acc:.2f}% (epoch {best_epoch})  "
+                f"lr {lr:.3g}  firing rate {te.firing_rate:.3f}  {row['seconds']:.1f}s")
+    finally:
+        runlog.close(history)
+    return TrainResult(output, len(history), best_acc, best_epoch, history, raw_model)
+
+
+def evaluate_checkpoint(recipe: Recipe, checkpoint: Union[str, Path], *, progress: bool = True,
+                        log: Any = None) -> Dict[str, float]:
+    """Test the weights of ``checkpoint`` on the recipe's test split (all T frames)."""
+    log = log or (lambda msg: print(msg, flush=True))
+    ctx = setup(recipe.device)
+    try:
+        error: Optional[BaseException] = None
+        try:
+            ckpt = load_checkpoint(checkpoint)
+        except CheckpointError as exc:
+            error = exc
+        _agree(ctx, error)
+        _seed_everything(recipe.seed)
+        test_set = build_datasets(recipe, ("test",))["test"]
+        model = build_model(recipe, test_set).to(ctx.device)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"the weights in {str(checkpoint)!r} do not fit model {recipe.model.name!r}: "
+                                  f"{exc}") from None
+        loader = _loader(test_set, recipe.test_batch_size or recipe.batch_size,
+                         _ShardSampler(len(test_set), ctx.rank, ctx.world_size), recipe, ctx.device, False)
+        stats = _evaluate(ctx, model, loader, recipe, FiringRateMeter(model), progress)
+        result = {"epoch": int(ckpt.get("epoch", 0)), "test_loss": stats.loss, "test_acc": stats.acc,
+                  "firing_rate": stats.firing_rate, "samples": len(test_set)}
+        if ctx.is_main:
+            log(f"{checkpoint} (epoch {result['epoch']}): test loss {stats.loss:.4f}  acc {stats.acc:.2f}%  "
+                f"firing rate {stats.firing_rate:.3f}  ({len(test_set)} samples, T={recipe.data.T})")
+        return result
+    finally:
+        teardown(ctx)

@@ -1,0 +1,418 @@
+"""The trainer: recipe validation, run folder, exact resume, non-finite loss, eval-only, 2-process DDP."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sewforge.train import RecipeError, load_checkpoint, load_recipe, main, recipe_from_dict, recipe_to_dict
+from sewforge.train.engine import temporal_delete, time_major
+from sewforge.train.runlog import SUMMARY_COLUMNS
+
+# ---------------------------------------------------------------------------------------------
+# a tiny event dataset and network (a bar moving left or right, or standing still: only the
+# order of the frames tells the classes apart)
+# ---------------------------------------------------------------------------------------------
+DATASET = "_train_test_bars"
+MODEL = "_train_test_net"
+
+
+class Bars(torch.utils.data.Dataset):
+    num_classes = 3
+    input_shape = (2, 8, 8)
+    classes = ("left", "right", "still")
+
+    def __init__(self, split="train", T=4, samples=48, nan_sample=None, **_):
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        n = samples if split == "train" else samples // 2
+        self.y = torch.arange(n) % 3
+        self.x = torch.rand(n, T, 2, 8, 8, generator=g).lt(0.05).float()
+        for i in range(n):
+            start = int(torch.randint(2, 6, (1,), generator=g))
+            for t in range(T):
+                col = start + (-t, t, 0)[int(self.y[i])]
+                self.x[i, t, 0, :, col % 8] += 2.0
+        self.nan_sample = nan_sample
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        if self.nan_sample is not None and i == self.nan_sample:
+            x = x * float("nan")
+        return x, int(self.y[i])
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, num_classes=3, T=4, input_shape=(2, 8, 8), neuron=None, surrogate=None, **_):
+        import sewforge
+
+        super().__init__()
+        self.T, self.num_classes, self.input_shape = T, num_classes, input_shape
+        self.conv = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4))
+        self.sn = sewforge.create_neuron(neuron or "PLIF", surrogate=surrogate)
+        self.fc = torch.nn.Linear(4 * 64 * 2, num_classes)
+
+    def forward(self, x):
+        steps, batch = x.shape[:2]
+        s = self.sn(self.conv(x.flatten(0, 1)).unflatten(0, (steps, batch))).flatten(2)
+        pairs = torch.cat([s[1:], s[:-1]], dim=2) if steps > 1 else torch.cat([s, s], 2)
+        # a NaN input gives NaN logits, as the weights of a diverging network would
+        return self.fc(pairs).mean(0) + 0.0 * x.sum()
+
+
+def install_standins():
+    from sewforge.registry import DATASETS, MODELS
+
+    if DATASET not in DATASETS:
+        DATASETS.add(DATASET, Bars, description="test bars")
+    if MODEL not in MODELS:
+        MODELS.add(MODEL, TinyNet, description="test net")
+    import sewforge.data
+
+    if not hasattr(sewforge.data, "create_dataset"):
+        if "synthetic" not in DATASETS:
+            DATASETS.add("synthetic", Bars, description="stand-in")
+        mod = sewforge.data
+        mod.create_dataset = lambda name, *, root=None, split="train", T=16, **kw: DATASETS.get(name)(
+            split=split, T=T, **kw)
+    import sewforge.models
+
+    if not hasattr(sewforge.models, "create_model"):
+        mod = sewforge.models
+        mod.create_model = lambda name, **kw: MODELS.get(name)(**kw)
+
+
+@pytest.fixture(autouse=True)
+def _standins():
+    install_standins()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these networks are too small to gain from threads, and the cores are shared
+    yield
+    torch.set_num_threads(threads)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def tiny_recipe(tmp_path: Path, **top) -> Path:
+    """A recipe that trains in about a second on one CPU core."""
+    data = {"model": {"name": MODEL},
+            "data": {"name": DATASET, "T": 4, "kwargs": {"samples": 48}},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "scheduler": {"name": "cosine"},
+            "epochs": 2, "batch_size": 8, "T_train": 3, "output": str(tmp_path / "run")}
+    for k, v in top.items():
+        data[k] = v
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes
+# ---------------------------------------------------------------------------------------------
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    path = write(tmp_path / "r.yaml", """\
+        model:
+          name: m
+        optimizer:
+          lrr: 0.1
+        """)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    msg = str(info.value)
+    assert f"{path}:4: optimizer.lrr: unknown key" in msg
+    assert "did you mean 'lr'" in msg
+    assert "allowed keys in section 'optimizer'" in msg and "momentum" in msg
+
+
+def test_wrong_type_and_all_problems_reported_at_once(tmp_path):
+    path = write(tmp_path / "r.yaml", f"""\
+        model: {{name: m}}
+        data: {{name: {DATASET}}}
+        epochs: ten
+        amp: 1
+        batch_size: 2.5
+        epoch: 3
+        """)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    msg = str(info.value)
+    assert f"{path}:3: epochs: expected an integer, got 'ten'" in msg
+    assert f"{path}:4: amp: expected true or false, got 1" in msg
+    assert f"{path}:5: batch_size: expected an integer, got 2.5" in msg
+    assert f"{path}:6: epoch: unknown key; did you mean 'epochs'?" in msg
+    assert len(info.value.problems) == 4
+
+
+def test_float_written_without_dot_is_a_float(tmp_path):
+    # PyYAML reads 1e-3 as the string '1e-3' (YAML 1.1 wants 1.0e-3)
+    path = write(tmp_path / "r.yaml", "model: {name: m}\noptimizer: {lr: 1e-3, weight_decay: 5E-5}\n")
+    assert yaml.safe_load(path.read_text())["optimizer"]["lr"] == "1e-3"
+    r = load_recipe(path)
+    assert r.optimizer.lr == 1e-3 and isinstance(r.optimizer.lr, float)
+    assert r.optimizer.weight_decay == 5e-5
+    assert load_recipe(path, ["optimizer.lr=2e-2"]).optimizer.lr == 0.02
+
+
+@settings(max_examples=20)
+@given(st.floats(min_value=1e-12, max_value=1e6, allow_nan=False, allow_infinity=False),
+       st.sampled_from(["{!r}", "{:e}", "{:E}", "{:.3e}"]))
+def test_any_float_spelling_reads_back(tmp_path_factory, value, spelling):
+    text = spelling.format(value)
+    r = recipe_from_dict({"model": {"name": "m"}}, overrides=[f"optimizer.lr={text}"])
+    assert r.optimizer.lr == float(text)
+
+
+def test_override_errors_name_the_override(tmp_path):
+    path = write(tmp_path / "r.yaml", "model: {name: m}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["data.TT=4", "optimizer.lr=-1", "seed"])
+    msg = str(info.value)
+    assert "override 'seed': expected KEY=VALUE" in msg
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["data.TT=4", "optimizer.lr=-1"])
+    msg = str(info.value)
+    assert "override 'data.TT=4': data.TT: unknown key; did you mean 'T'?" in msg
+    assert "override 'optimizer.lr=-1': optimizer.lr: must be > 0.0, got -1.0" in msg
+
+
+def test_choices_registries_and_relations_are_checked(tmp_path):
+    path = write(tmp_path / "r.yaml", """\
+        model: {name: m, g: ADDD, neuron: PLFI}
+        data: {name: no_such_data, T: 4}
+        T_train: 6
+        optimizer: {name: sgdd}
+        scheduler: {name: cosin}
+        device: gpu
+        """)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    msg = str(info.value)
+    assert "scheduler.name: 'cosin' is not one of" in msg and "did you mean 'cosine'" in msg
+    assert "model.g: unknown element-wise function 'ADDD'" in msg
+    assert "model.neuron: unknown neuron 'PLFI'; did you mean 'PLIF'" in msg
+    assert "data.name: unknown dataset 'no_such_data'" in msg
+    assert "T_train: must be <= data.T = 4" in msg
+    assert "optimizer.name: unknown optimizer 'sgdd'; did you mean 'sgd'" in msg
+    assert "device: expected auto, cpu, cuda or cuda:N, got 'gpu'" in msg
+
+
+def test_missing_model_yaml_errors_and_duplicate_keys(tmp_path):
+    with pytest.raises(RecipeError, match="model.name: required"):
+        load_recipe(write(tmp_path / "a.yaml", "epochs: 2\n"))
+    with pytest.raises(RecipeError, match=r"b.yaml: not valid YAML"):
+        load_recipe(write(tmp_path / "b.yaml", "model: {name: [\n"))
+    with pytest.raises(RecipeError, match=r"c.yaml:3: epochs: key given twice"):
+        load_recipe(write(tmp_path / "c.yaml", "model: {name: m}\nepochs: 2\nepochs: 3\n"))
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_base_recipe_merge_and_output_placeholders(tmp_path):
+    write(tmp_path / "base.yaml", """\
+        model: {name: m, g: ADD}
+        data: {T: 16, kwargs: {a: 1}}
+        optimizer: {lr: 0.1}
+        output: runs/{recipe}_T{data.T}
+        """)
+    child = write(tmp_path / "child.yaml", """\
+        base: base.yaml
+        model: {g: IAND}
+        data: {kwargs: {b: 2}}
+        """)
+    r = load_recipe(child, ["data.T=8"])
+    assert (r.model.name, r.model.g, r.data.T, r.optimizer.lr) == ("m", "IAND", 8, 0.1)
+    assert r.data.kwargs == {"a": 1, "b": 2}
+    assert r.output == "runs/child_T8"
+    with pytest.raises(RecipeError, match="output: cannot fill in"):
+        load_recipe(child, ["output=runs/{nope}"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    r = load_recipe(tiny_recipe(tmp_path), ["optimizer.lr=1e-3", "scheduler.name=step", "scheduler.step_size=64"])
+    again = recipe_from_dict(yaml.safe_load(yaml.safe_dump(recipe_to_dict(r))))
+    assert again == r
+
+
+@settings(max_examples=15)
+@given(st.integers(1, 9), st.data())
+def test_temporal_delete_keeps_ordered_frames_shared_by_the_batch(steps, data):
+    keep = data.draw(st.integers(1, steps))
+    x = torch.arange(steps, dtype=torch.float32).view(steps, 1, 1).expand(steps, 3, 2).contiguous()
+    torch.manual_seed(data.draw(st.integers(0, 1000)))
+    y = temporal_delete(x, keep)
+    assert y.shape == (keep, 3, 2)
+    kept = y[:, 0, 0]
+    assert torch.equal(y, kept.view(keep, 1, 1).expand(keep, 3, 2))  # the same frames for every sample
+    assert bool((kept[1:] > kept[:-1]).all())  # in order, without repeats
+    assert time_major(torch.zeros(5, steps, 2, 4, 4)).shape == (steps, 5, 2, 4, 4)
+    assert time_major(torch.zeros(5, 3, 4, 4)).shape == (5, 3, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# training runs
+# ---------------------------------------------------------------------------------------------
+def rows(folder: Path):
+    with open(folder / "summary.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_run_folder_contents_and_exact_resume(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path)
+    full = tmp_path / "full"
+    assert main([str(recipe), f"output={full}", "--no-progress"]) == 0
+    half = tmp_path / "half"
+    assert main([str(recipe), f"output={half}", "epochs=1", "--no-progress"]) == 0
+    assert main([str(recipe), f"output={half}", "--resume", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming after epoch 1" in out
+
+    # the run folder
+    names = {p.name for p in full.iterdir()}
+    assert {"args.yaml", "summary.csv", "last.pt", "best.pt", "curves.png", "tensorboard"} <= names
+    assert not [n for n in names if ".tmp" in n]
+    assert load_recipe(full / "args.yaml") == load_recipe(recipe, [f"output={full}"])
+    assert (full / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(p.name.startswith("events.out.tfevents") for p in (full / "tensorboard").iterdir())
+    table = rows(full)
+    assert tuple(table[0]) == SUMMARY_COLUMNS and [r["epoch"] for r in table] == ["1", "2"]
+    for r in table:
+        assert 0 <= float(r["train_acc"]) <= 100 and 0 <= float(r["firing_rate"]) <= 1
+        assert float(r["best_test_acc"]) == max(float(q["test_acc"]) for q in table[: int(r["epoch"])])
+    assert float(table[1]["lr"]) < float(table[0]["lr"])  # cosine over 2 epochs
+
+    # resumed == uninterrupted, bit for bit (all but the wall-clock column)
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert drop(rows(half)) == drop(table)
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(half / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    ma = a["optimizer"]["state"]
+    mb = b["optimizer"]["state"]
+    assert all(torch.equal(ma[i]["momentum_buffer"], mb[i]["momentum_buffer"]) for i in ma)
+
+    # checkpoints hold only safe types
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(full / name, weights_only=True)
+        assert state["epoch"] >= 1 and "recipe" in state
+
+
+def test_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    assert main([str(recipe), "--no-progress"]) == 0
+    before = digest(tmp_path / "run" / "last.pt")
+    assert main([str(recipe), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert digest(tmp_path / "run" / "last.pt") == before
+    assert main([str(recipe), "--overwrite", "--no-progress", "seed=7"]) == 0
+    assert len(rows(tmp_path / "run")) == 1
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    run = tmp_path / "run"
+    assert main([str(recipe), "--no-progress"]) == 0
+    good = digest(run / "last.pt")
+    # from epoch 2 on, one training sample is NaN
+    code = main([str(recipe), "--resume", "epochs=3", f"data.kwargs.nan_sample=5", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "training loss is nan at epoch 2, step " in err
+    assert "checkpoints of epoch 1" in err and "are kept" in err
+    assert digest(run / "last.pt") == good
+    assert len(rows(run)) == 1
+
+
+def test_eval_only_reproduces_the_best_test_accuracy(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path)
+    assert main([str(recipe), "--no-progress"]) == 0
+    table = rows(tmp_path / "run")
+    capsys.readouterr()
+    best = tmp_path / "run" / "best.pt"
+    assert main(["--eval-only", "--checkpoint", str(best), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    epoch = load_checkpoint(best)["epoch"]
+    assert f"acc {float(table[epoch - 1]['test_acc']):.2f}%" in out
+    assert main(["--eval-only", "--no-progress"]) == 2
+    assert "--eval-only needs --checkpoint" in capsys.readouterr().err
+    (tmp_path / "broken.pt").write_bytes(best.read_bytes()[:100])
+    assert main(["--eval-only", "--checkpoint", str(tmp_path / "broken.pt")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+
+
+def test_cli_subcommand_and_print_recipe(tmp_path, capsys):
+    from sewforge.cli import main as sewforge_main
+
+    recipe = tiny_recipe(tmp_path)
+    assert sewforge_main(["train", str(recipe), "optimizer.lr=1e-3", "--print-recipe"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optimizer"]["lr"] == 1e-3
+    assert not (tmp_path / "run").exists()
+    assert sewforge_main(["train", str(recipe), "optimizer.lrr=1"]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# several processes
+# ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_ends_with_identical_weights(tmp_path):
+    recipe = tiny_recipe(tmp_path, epochs=2)
+    script = write(tmp_path / "ddp_worker.py", f"""\
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import torch
+        import test_train
+        test_train.install_standins()
+        from sewforge.train import load_recipe, train
+        result = train(load_recipe({str(recipe)!r}), progress=False)
+        state = {{k: v for k, v in result.model.state_dict().items()}}
+        torch.save(state, os.path.join({str(tmp_path)!r}, "rank%s.pt" % os.environ["RANK"]))
+        """)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    s1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), k
+    # only rank 0 wrote the run folder; each process trained on half of each epoch
+    table = rows(tmp_path / "run")
+    assert [r["epoch"] for r in table] == ["1", "2"]
+    assert "x 2 processes" in proc.stdout
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["world_size"] == 2 and len(saved["rng"]) == 2
+    for k in s0:
+        assert torch.equal(saved["model"][k], s0[k]), k
