@@ -37,6 +37,10 @@ class ElementwiseFunction:
     def __repr__(self) -> str:
         return f"ElementwiseFunction({self.name!r})"
 
+    def __reduce__(self):
+        # pickled (and deep-copied) by registered name: the functions themselves do not pickle
+        return (create_elementwise, (self.name,))
+
 
 def create_elementwise(name: Any) -> ElementwiseFunction:
     """A registered element-wise function by name (``"ADD"``, ``"and"``) or the object itself."""

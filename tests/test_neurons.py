@@ -148,3 +148,15 @@ def test_iand_operand_order():
     assert sewforge.sew_function(a, s, "IAND").tolist() == [0.0, 0.0, 1.0, 0.0]
     assert sewforge.sew_function(a, s, "AND").tolist() == [1.0, 0.0, 0.0, 0.0]
     assert sewforge.sew_function(a, s, "ADD").tolist() == [2.0, 1.0, 1.0, 0.0]
+
+
+def test_neurons_and_sew_functions_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    g = sewforge.create_elementwise("IAND")
+    assert pickle.loads(pickle.dumps(g)) is g and copy.deepcopy(g) is g
+    n = sewforge.create_neuron("PLIF", surrogate="Sigmoid")
+    n2 = pickle.loads(pickle.dumps(n))
+    x = torch.randn(4, 3)
+    assert torch.equal(n(x), n2(x)) and n2.surrogate == n.surrogate
