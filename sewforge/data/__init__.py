@@ -15,12 +15,19 @@ from ..registry import DATASETS
 from .base import DatasetFormatError, DatasetNotFoundError, FrameDatasetBase
 from .events import SPLIT_METHODS, events_to_frames, slice_index, split_by_number, split_by_time
 from .synthetic import SYNTHETIC_CLASSES, SyntheticMotion, synthetic_events, synthetic_frames
+from .aedat import read_aedat2_raw, read_aedat3, read_cifar10dvs_aedat
+from .cache import frames_dirname, load_frames, save_frames
+from .dvs import CIFAR10_CLASSES, CIFAR10DVS, DVS128Gesture, EventFrameFolder, GESTURE_CLASSES
+from .images import CIFAR10Batches, ImageNetFolder, read_cifar10_batch
 
 __all__ = [
     "create_dataset", "list_datasets", "SPLITS",
     "DatasetFormatError", "DatasetNotFoundError", "FrameDatasetBase",
     "SPLIT_METHODS", "events_to_frames", "slice_index", "split_by_number", "split_by_time",
     "SYNTHETIC_CLASSES", "SyntheticMotion", "synthetic_events", "synthetic_frames",
+    "read_aedat3", "read_aedat2_raw", "read_cifar10dvs_aedat", "frames_dirname", "load_frames", "save_frames",
+    "EventFrameFolder", "DVS128Gesture", "CIFAR10DVS", "GESTURE_CLASSES", "CIFAR10_CLASSES",
+    "ImageNetFolder", "CIFAR10Batches", "read_cifar10_batch",
 ]
 
 SPLITS = ("train", "test")
@@ -28,6 +35,17 @@ SPLITS = ("train", "test")
 DATASETS.add("synthetic", SyntheticMotion,
              description="built-in event data, no download: a shape moving right/left/down/up "
                          "(4 classes, [T, 2, 32, 32]); the direction is only in the event order")
+DATASETS.add("dvs128_gesture", DVS128Gesture,
+             description="DVS128 Gesture from the original AEDAT 3.1 download or SpikingJelly frames "
+                         "(11 classes, [T, 2, 128, 128], 1176 train / 288 test)")
+DATASETS.add("cifar10_dvs", CIFAR10DVS,
+             description="CIFAR10-DVS from the original AEDAT recordings or SpikingJelly frames "
+                         "(10 classes, [T, 2, 128, 128], 90/10 split per class)")
+DATASETS.add("imagenet", ImageNetFolder,
+             description="ImageNet-style train/ and val/ class folders with the paper's augmentation "
+                         "([3, 224, 224])")
+DATASETS.add("cifar10", CIFAR10Batches,
+             description="CIFAR-10 from its python batches (10 classes, [3, 32, 32], crop + flip for training)")
 
 
 def list_datasets(pattern: str = "*") -> List[str]:
