@@ -133,7 +133,12 @@ _ALLOWED_PICKLE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
 }
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -142,8 +147,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_PICKLE_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only "
-                                     f"numpy arrays, lists and bytes")
+        raise _RefusedGlobal(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only "
+                             f"numpy arrays, lists and bytes")
 
 
 def read_cifar10_batch(path: Path) -> Dict[str, Any]:
@@ -153,6 +158,8 @@ def read_cifar10_batch(path: Path) -> Dict[str, Any]:
             raw = _ArrayUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise DatasetNotFoundError(f"cifar10: batch file {path} does not exist") from None
+    except _RefusedGlobal as exc:
+        raise DatasetFormatError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             ImportError, MemoryError) as exc:
         raise DatasetFormatError(f"{path}: not a readable CIFAR-10 python batch ({type(exc).__name__}: {exc}); "

@@ -158,5 +158,8 @@ class SyntheticMotion(FrameDatasetBase):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def label_of(self, index: int) -> int:
+        return int(self.labels[index])
+
     def load(self, index: int) -> Tuple[torch.Tensor, int]:
         return self.frames[index].float(), int(self.labels[index])
