@@ -51,7 +51,7 @@ class GraphNode:
     out_shape: Shape
     params: int
     macs: int = 0
-    span: Tuple[int, int] = (0, 0)
+    span: Tuple[int, int] = field(default=(0, 0), compare=False)
     node: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> Dict[str, Any]:

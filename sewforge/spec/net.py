@@ -65,8 +65,9 @@ class SpecNet(nn.Module):
         self.T = _check_T(T)
         self.readout = readout
         self._kinds = [n.kind for n in graph_nodes]
-        self.graph = Graph(spec, self.input_shape, tuple(graph_nodes))
-        self.num_classes = math.prod(self.graph.output_shape)
+        self._nodes = tuple(graph_nodes)
+        self._graph: Optional[Graph] = None
+        self.num_classes = math.prod(self._nodes[-1].out_shape)
         self._linear_readout = bool(self._kinds) and self._kinds[-1] == "fc"
         prefix = 0
         limit = len(self._kinds) - (1 if self._linear_readout else 0)
@@ -75,6 +76,15 @@ class SpecNet(nn.Module):
         self._static_prefix = prefix
 
     # -- API ------------------------------------------------------------------------------
+    @property
+    def graph(self) -> Graph:
+        """The checked graph: per-layer shapes, parameters and dense MACs per step (measured on
+        first use by a shapes-only pass on the meta device, which also checks every layer's
+        inferred shape against what its module really produces)."""
+        if self._graph is None:
+            self._graph = _profiled_graph(self)
+        return self._graph
+
     def to_spec(self) -> str:
         """The canonical spec of this network (global overrides included): ``build`` of it gives
         the same architecture."""
@@ -159,18 +169,24 @@ def _compile(spec: Union[str, Spec], input_shape: Any, *, T: Optional[int], fuse
     else:
         nodes, modules = construct(parsed, shape, fuse=fuse, meta=False)
     net = SpecNet(parsed, nodes, modules, shape, T=T, readout=readout)
-    rows, _ = profile_model(net, shape, [(n.token, m) for n, m in zip(nodes, modules)], lead_dims=2)
+    if meta:
+        net.graph  # noqa: B018  (measure now: the caller only wants the graph)
+    return net
+
+
+def _profiled_graph(net: SpecNet) -> Graph:
+    nodes = net._nodes
+    rows, _ = profile_model(net, net.input_shape, [(n.token, m) for n, m in zip(nodes, net.layers)], lead_dims=2)
+    source = net.spec.source
     checked = []
     for node, row in zip(nodes, rows):
-        if row.out_shape and tuple(row.out_shape) != tuple(node.out_shape):
+        if tuple(row.out_shape) != tuple(node.out_shape):
             raise SpecError(f"{node.token}: the module produced shape {row.out_shape} but {node.out_shape} was "
                             "inferred; the block's out_shape() disagrees with its forward",
-                            parsed.source or None, node.span[0] if parsed.source else None,
-                            node.span[1] if parsed.source else None)
+                            source or None, node.span[0] if source else None, node.span[1] if source else None)
         checked.append(GraphNode(node.index, node.token, node.kind, node.in_shape, node.out_shape, node.params,
                                  row.macs, node.span, node.node))
-    net.graph = Graph(parsed, shape, tuple(checked))
-    return net
+    return Graph(net.spec, net.input_shape, tuple(checked))
 
 
 def build(spec: Union[str, Spec], input_shape: Any = None, T: Optional[int] = None, *, neuron: Any = None,

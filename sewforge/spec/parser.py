@@ -373,10 +373,12 @@ class _Parser:
                               tspan, hint=f"e.g. {name[:2].upper()}k2s2")
         if low == "fc":
             return self.error("'FC' needs its number of outputs, e.g. FC10", tspan)
-        if re.fullmatch(r"c\d+k\d+.*", low) or re.fullmatch(r"(mp|ap)k\d+.*", low) or re.fullmatch(r"fc\d+.+", low):
-            return self.error(f"{name!r} is not a valid layer word", tspan,
-                              hint="layer words are c{C}k{K}[s{S}][p{P}], MPk{K}[s{S}][p{P}], "
-                                   "APk{K}[s{S}][p{P}], FC{N}, BN, DP, GAP")
+        forms = {"conv": "c{C}k{K}[s{S}][p{P}], e.g. c32k3s1", "pool": "MPk{K}[s{S}][p{P}] or APk{K}[s{S}][p{P}], "
+                 "e.g. MPk2s2", "fc": "FC{N}, e.g. FC10"}
+        kind = ("conv" if re.match(r"c\d+k|ck\d", low) else "pool" if re.match(r"(mp|ap)k", low)
+                else "fc" if re.match(r"fc\d", low) else None)
+        if kind is not None and not close_matches(name, NEURONS.names() + BLOCKS.names(), cutoff=0.8):
+            return self.error(f"{name!r} is not a valid layer word", tspan, hint=f"write {forms[kind]}")
         candidates = list(LAYER_WORDS) + NEURONS.names() + BLOCKS.names() + list(BLOCK_ALIASES)
         whole = len(self.tokens) == 2  # the whole spec is this one name: maybe a model name
         if whole:
