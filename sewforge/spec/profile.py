@@ -160,8 +160,11 @@ def _run_real(model: nn.Module, input_shape: Sequence[int]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-def format_count(n: int) -> str:
-    """``130426 -> '130,426 (0.13M)'``; ``1234567890 -> '1,234,567,890 (1.23G)'``."""
+def format_count(n: int, millions: bool = False) -> str:
+    """``1234567890 -> '1,234,567,890 (1.23G)'``; with ``millions`` (parameters, as the paper
+    writes them) ``130426 -> '130,426 (0.13M)'``."""
+    if millions and n >= 10_000:
+        return f"{n:,} ({n / 1e6:.2f}M)"
     for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
         if n >= div:
             return f"{n:,} ({n / div:.2f}{unit})"
@@ -192,7 +195,7 @@ def format_table(rows: Sequence[Any], total_params: int, total_macs: int, title:
     lines = [title] if title else []
     lines += [line(header), line(["-" * w for w in widths])]
     lines += [line(b) for b in body]
-    lines.append(f"total parameters: {format_count(int(total_params))}")
+    lines.append(f"total parameters: {format_count(int(total_params), millions=True)}")
     lines.append(f"dense MACs per time step: {format_count(int(total_macs))}")
     return "\n".join(lines)
 
