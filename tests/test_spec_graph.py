@@ -267,3 +267,18 @@ def test_build_print_build_round_trip(case):
 
 def test_specnet_type():
     assert isinstance(build(SMALL, (2, 16, 16)), SpecNet)
+
+
+def test_surrogate_override_accepts_instances():
+    from sewforge.surrogates import Surrogate, create_surrogate
+
+    net = build("c4k3-BN-IF-FC2", (2, 8, 8), surrogate=create_surrogate("Sigmoid", alpha=2.5))
+    assert net.to_spec() == "c4k3s1-BN-IF(surrogate=Sigmoid(alpha=2.5))-FC2"
+    assert net.layers[2].surrogate == create_surrogate("Sigmoid", alpha=2.5)
+
+    class Unregistered(Surrogate):
+        def derivative(self, x):
+            return x
+
+    with pytest.raises(SpecError, match="registered surrogate"):
+        build("c4k3-BN-IF-FC2", (2, 8, 8), surrogate=Unregistered())

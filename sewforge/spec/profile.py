@@ -11,7 +11,6 @@ The same code serves spec networks (one row per spec token) and zoo models writt
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -198,7 +197,3 @@ def format_table(rows: Sequence[Any], total_params: int, total_macs: int, title:
     lines.append(f"total parameters: {format_count(int(total_params), millions=True)}")
     lines.append(f"dense MACs per time step: {format_count(int(total_macs))}")
     return "\n".join(lines)
-
-
-def dumps(obj: Dict[str, Any]) -> str:
-    return json.dumps(obj, indent=2)
