@@ -28,6 +28,7 @@ def parse_input_shape(text: str) -> Tuple[int, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples of the description as written
     p.add_argument("spec", metavar="SPEC_OR_MODEL",
                    help="a spec string in the paper's notation, or a registered model name (sewforge list models)")
     p.add_argument("--input", metavar="CxHxW", help="input shape per time step, e.g. 2x128x128 (required for specs)")
