@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
             if exc.name != f"sewforge.commands.{module}":
                 raise
             continue  # a command whose module is not part of this installation
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
