@@ -102,6 +102,18 @@ def test_zero_init_sew_gradients_are_equal_for_every_g():
     assert curves["ADD"] == pytest.approx(curves["IAND"], rel=1e-9)
 
 
+def test_no_prediction_where_the_branch_still_carries_gradient():
+    """A block can pass S through by chance (A = 0 everywhere) while its branch still has weights:
+    the gradient then also flows through the branch, and Eq. (11) does not apply."""
+    model = _model(SEW, "IAND", seed=3)
+    with torch.no_grad():
+        for b in model.blocks():
+            b.last_bn.bias.fill_(-100.0)  # the last neuron never fires: O = (1 - 0) * S = S
+    rows = gradient_amplitudes(model, _spikes(), _labels())
+    assert all(r.identity == 1.0 and not r.branch_constant for r in rows)
+    assert all(r.theory == "" and math.isnan(r.predicted) for r in rows)
+
+
 def test_surrogate_factors_are_the_papers():
     """sigma'(1 - V_th), sigma'(0 - V_th) for the three settings of Figures 6-8."""
     neuron = _model(SPIKING, v_threshold=1.0).blocks()[0].sn_last

@@ -2,8 +2,8 @@
 
 ``S^l`` is the input of block l. A forward pre-hook on every block puts a tensor hook on its input
 (and a forward hook one on its output ``O^l``), one backward pass fills them in. Where a run of
-consecutive blocks passes its input through unchanged (``O == S`` for every element, as zero-init
-gives), the paper predicts the gradients:
+consecutive blocks passes its input through unchanged (``O == S`` for every element) with a
+constant residual branch (last BN weight 0), as zero init gives, the paper predicts the gradients:
 
 * SEW blocks, Eq. (11): ``dL/dS^l = dL/dO^e`` for every block l of the run ending at block e;
 * Spiking ResNet, Eq. (8) and Appendix A.4 (S1-S4): each block multiplies the gradient of an
@@ -45,6 +45,7 @@ class BlockGradient:
     grad_o: float                 #: ||dL/dO^l||, the block output's gradient
     rate_s: float                 #: firing rate (mean) of S^l
     identity: float               #: fraction of elements with O^l == S^l (NaN for downsample blocks)
+    branch_constant: bool = False  #: the residual branch's last BN has weight 0, so no gradient flows through it
     theory: str = ""              #: "Eq11" (SEW) or "S4" (no g) where the block run is an exact identity
     predicted: float = math.nan   #: the prediction (S4 with exponent 2k for Spiking ResNet)
     predicted_as_printed: float = math.nan  #: Eq. (S4) with the printed exponent k (normalised by sqrt(NT))
@@ -55,7 +56,8 @@ class BlockGradient:
         return asdict(self)
 
 
-GRAD_COLUMNS = ("block", "name", "kind", "downsample", "grad_s", "grad_o", "rate_s", "identity", "theory",
+GRAD_COLUMNS = ("block", "name", "kind", "downsample", "grad_s", "grad_o", "rate_s", "identity", "branch_constant",
+                "theory",
                 "predicted", "predicted_as_printed", "predicted_elementwise", "predicted_membrane")
 
 
@@ -107,6 +109,7 @@ def gradient_amplitudes(model: nn.Module, x: torch.Tensor, target: Optional[torc
             s = r.pop("input")
             r["rate_s"] = float(s.double().mean())
             r["identity"] = identity_fraction(s, out.detach()) if not _downsamples(module) else math.nan
+            r["branch_constant"] = _branch_constant(module)
             keep = r["identity"] == 1.0  # an identity block: keep what the element-wise theory needs
             if keep:
                 r["spikes"] = s
@@ -137,7 +140,7 @@ def gradient_amplitudes(model: nn.Module, x: torch.Tensor, target: Optional[torc
         r = got[i]
         rows.append(BlockGradient(i, names.get(id(b), f"block{i}"), block_kind(b), _downsamples(b),
                                   r.get("grad_s", 0.0), r.get("grad_o", 0.0), r.get("rate_s", math.nan),
-                                  r.get("identity", math.nan)))
+                                  r.get("identity", math.nan), r.get("branch_constant", False)))
     add_predictions(rows, blocks, spikes={i: got[i]["spikes"] for i in got if "spikes" in got[i]},
                     grad_out={i: got[i]["grad_o_tensor"] for i in got if "grad_o_tensor" in got[i]})
     return rows
@@ -198,4 +201,12 @@ def _neuron_vjp(neuron: nn.Module, s: torch.Tensor, grad: torch.Tensor) -> torch
 
 
 def _is_identity(row: BlockGradient) -> bool:
-    return not row.downsample and row.identity == 1.0 and row.rate_s > 0
+    """Where Eq. (8) / (11) hold: the block passes S through (O == S) and its residual branch is a
+    constant (zero init's last BN weight 0), so the gradient takes the shortcut only."""
+    return not row.downsample and row.identity == 1.0 and row.branch_constant and row.rate_s > 0
+
+
+def _branch_constant(block: nn.Module) -> bool:
+    bn = getattr(block, "last_bn", None)
+    weight = getattr(bn, "weight", None)
+    return isinstance(weight, torch.Tensor) and bool((weight.detach() == 0).all())

@@ -1,11 +1,6 @@
-"""The paper's analyses on any model: firing rates (Figures 4, 5, 11), gradient amplitudes
-(Figures 6-8) and the degradation study (Table 2).
-
-  sewforge analyze rates sew_resnet152 spiking_resnet152 --g ADD AND IAND --input 3x64x64 --zero-init both
-  sewforge analyze grads sew_resnet152 spiking_resnet152 --g ADD AND IAND --input 3x64x64 --v-threshold 1 --alpha 2
-  sewforge analyze degradation --depths 1 2 4 8 --epochs 4
-
-Each writes a CSV and a PNG into --out. See docs/reproduction.md for what they show.
+"""The paper's analyses on any model: firing rates of A^l and O^l per block (Figures 4, 5, 11),
+gradient amplitudes ||dL/dS^l|| (Figures 6-8) and the degradation study (Table 2). Each writes a CSV
+and a PNG into --out; docs/reproduction.md has the commands behind every figure and what they show.
 """
 from __future__ import annotations
 
@@ -123,20 +118,42 @@ def _common(p: argparse.ArgumentParser, *, out: str, zero_init_default: str) -> 
     p.add_argument("--title", default=None, help="figure title (default: a description of the run)")
 
 
+_EXAMPLES = {
+    "rates": """examples:
+  sewforge analyze rates sew_resnet152 spiking_resnet152 --g ADD AND IAND --zero-init both \\
+      --input 3x64x64 --batch 2                                   # Figure 5
+  sewforge analyze rates sew7b_gesture spiking_resnet7b_gesture plain7b_gesture --g ADD AND IAND \\
+      --data synthetic --data-arg size=128                         # Figure 11, at initialisation
+  sewforge analyze rates --checkpoint runs/gesture/best.pt       # a trained network (Figures 4, 11)
+""",
+    "grads": """examples:
+  sewforge analyze grads sew_resnet152 spiking_resnet152 --g ADD AND IAND --input 3x64x64 --batch 2 \\
+      --v-threshold 1 --alpha 2 --theory                           # Figure 6; (0.5, 2): 7; (1, 3): 8
+""",
+    "degradation": """examples:
+  sewforge analyze degradation                                    # 1 2 4 8 blocks, 4 epochs, CPU minutes
+  sewforge analyze degradation --depths 1 4 16 --epochs 10 --num-train 1024 --families spiking sew plain
+""",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS")
     sub.required = True
 
+    raw = argparse.RawDescriptionHelpFormatter
     rates = sub.add_parser("rates", help="firing rates of A^l and O^l per block (Figures 4, 5, 11)",
                            description="Firing rate of A^l (each block's last neuron) and of the block output O^l, "
-                                       "on one batch of data or random spikes. Writes rates.csv and rates.png.")
+                                       "on one batch of data or random spikes. Writes rates.csv and rates.png.",
+                           formatter_class=raw, epilog=_EXAMPLES["rates"])
     _common(rates, out="runs/analysis/rates", zero_init_default="off")
     rates.set_defaults(_analysis=_run_rates)
 
     grads = sub.add_parser("grads", help="gradient amplitude ||dL/dS^l|| per block (Figures 6-8)",
                            description="Gradient amplitude ||dL/dS^l|| of every block input at initialisation, "
                                        "with and without zero init, and the predictions of Eq. (11) and "
-                                       "Appendix A.4. Writes grads.csv and grads.png.")
+                                       "Appendix A.4. Writes grads.csv and grads.png.",
+                           formatter_class=raw, epilog=_EXAMPLES["grads"])
     _common(grads, out="runs/analysis/grads", zero_init_default="both")
     grads.add_argument("--loss", choices=("ce", "sum"), default="ce",
                        help="ce: cross-entropy against the labels (the first training step); sum: sum of the "
@@ -149,7 +166,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          description="Train Spiking ResNet and SEW ResNet of several depths for the same budget on "
                                      "the built-in synthetic data and compare the final training loss. Writes "
                                      "degradation.csv and degradation.png; each run keeps its folder under "
-                                     "OUT/runs.")
+                                     "OUT/runs.", formatter_class=raw, epilog=_EXAMPLES["degradation"])
     from ..analysis.degradation import FAMILIES, ZERO_INIT_POLICIES
 
     deg.add_argument("--families", nargs="+", choices=tuple(FAMILIES), default=["spiking", "sew"],
