@@ -52,12 +52,12 @@ def _check_root(root: Optional[os.PathLike], name: str, layout: str) -> Path:
 # -- ImageNet ------------------------------------------------------------------------------------
 def imagenet_transform(split: str, image_size: int = 224, augment: bool = True):
     """The paper's ImageNet preprocessing (PIL image -> normalised float tensor)."""
-    _, T = _torchvision()
-    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    _, tv = _torchvision()
+    normalize = tv.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if split == "train" and augment:
-        return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+        return tv.Compose([tv.RandomResizedCrop(image_size), tv.RandomHorizontalFlip(), tv.ToTensor(), normalize])
     resize = int(round(image_size * 256 / 224))
-    return T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), normalize])
+    return tv.Compose([tv.Resize(resize), tv.CenterCrop(image_size), tv.ToTensor(), normalize])
 
 
 def _class_folders(folder: Path) -> List[str]:
@@ -99,7 +99,7 @@ class ImageNetFolder(FrameDatasetBase):
                 raise DatasetFormatError(f"imagenet: the class folders of {folder} and {train_folder} differ "
                                          f"(only in val: {only_val}; only in train: {only_train}); labels "
                                          f"would not match")
-        torchvision, _ = _torchvision()
+        _torchvision()
         from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
         index = {c: i for i, c in enumerate(classes)}
         try:
@@ -227,8 +227,8 @@ class CIFAR10Batches(FrameDatasetBase):
         self._std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
         self._augment = None
         if split == "train" and augment:
-            _, T_ = _torchvision()
-            self._augment = T_.Compose([T_.RandomCrop(32, padding=4), T_.RandomHorizontalFlip()])
+            _, tv = _torchvision()
+            self._augment = tv.Compose([tv.RandomCrop(32, padding=4), tv.RandomHorizontalFlip()])
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -137,7 +137,8 @@ class SyntheticMotion(FrameDatasetBase):
     """Built-in event data (no download): which way does the shape move?  4 classes, ``[T, 2, size, size]``.
 
     Deterministic per ``seed``; generated in memory in about a second per thousand samples and kept
-    in a small in-process cache, so the train and test sets of a run are made once.
+    in a small in-process cache, so the train and test sets of a run are made once.  ``root`` is
+    not used (nothing is read or written).  ``noise`` is the number of noise events per signal event.
     """
 
     def __init__(self, root: Optional[str] = None, split: str = "train", T: int = 16, *, seed: int = 0,
