@@ -8,6 +8,7 @@ from .neurons import BaseNeuron, ChargeEquation, create_neuron
 from .kernels import multistep_neuron
 from .spec import SpecError, build
 from .models import create_model
+from . import data  # registers the data sets
 
 __version__ = "0.1.0"
 
