@@ -46,7 +46,7 @@ def test_degradation_trains_every_depth_and_reuses_finished_runs(tmp_path, capsy
     assert [(r["family"], int(r["depth"])) for r in rows] == [("spiking", 1), ("spiking", 2), ("sew", 1), ("sew", 2)]
     for r in rows:
         assert float(r["train_loss"]) > 0 and int(r["epochs"]) == 1
-        assert (out / "runs" / f"{r['family']}-{r['depth']}" / "summary.csv").exists()
+        assert (out / "runs" / f"{r['family']}-{r['depth']}-seed2020" / "summary.csv").exists()
     # Table 2's Spiking ResNets were trained with zero init, the SEW ResNets without
     assert {r["family"]: r["zero_init"] for r in rows} == {"spiking": "1", "sew": "0"}
     assert (out / "degradation.png").read_bytes()[:4] == b"\x89PNG"
@@ -63,11 +63,11 @@ def test_degradation_trains_every_depth_and_reuses_finished_runs(tmp_path, capsy
     changed = [*TINY, "--lr", "0.05", "--families", "sew", "--depths", "1"]
     assert main(["analyze", "degradation", *changed, "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["analyze", "degradation", *changed, "--overwrite", "--out", str(out)]) == 0
-    assert len(_read(out / "degradation.csv")) == 1
+    assert main(["analyze", "degradation", *changed, "--overwrite", "--seeds", "2020", "7", "--out", str(out)]) == 0
+    assert [(r["family"], r["seed"]) for r in _read(out / "degradation.csv")] == [("sew", "2020"), ("sew", "7")]
 
     # the analyses read a trained run back from its checkpoint
-    ckpt = out / "runs" / "spiking-2" / "last.pt"
+    ckpt = out / "runs" / "spiking-2-seed2020" / "last.pt"
     assert main(["analyze", "rates", "--checkpoint", str(ckpt), "--batch", "4", "--out", str(tmp_path / "r")]) == 0
     rates = _read(tmp_path / "r" / "rates.csv")
     assert len(rates) == 2 and all(r["rate_a"] == r["rate_o"] for r in rates)

@@ -8,13 +8,12 @@ ImageNet ResNets):
 
     c{w}k3s1-BN-{neuron}-MPk2s2-{{Block(c{w})}}*k-MPk2s2-MPk2s2-FC{classes}
 
-Each run keeps its own folder (``runs/<family>-<depth>``) with the trainer's checkpoints and
+Each run keeps its own folder (``runs/<family>-<depth>-seed<seed>``) with the trainer's checkpoints and
 ``summary.csv``; a finished run with the same recipe is reused rather than trained again.
 """
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -29,7 +28,7 @@ FAMILIES = {"spiking": "SpikingResNet", "sew": "SEW", "plain": "Plain"}
 #: which families start from zero init: "paper" = Spiking ResNet only (Table 2's Spiking ResNets
 #: were trained with it, the SEW ResNets without), "on" = all, "off" = none
 ZERO_INIT_POLICIES = ("paper", "on", "off")
-DEGRADATION_COLUMNS = ("family", "block", "depth", "zero_init", "spec", "epochs", "train_loss", "train_acc",
+DEGRADATION_COLUMNS = ("family", "block", "depth", "seed", "zero_init", "spec", "epochs", "train_loss", "train_acc",
                        "test_loss", "test_acc", "best_test_acc", "params", "seconds", "run")
 
 
@@ -38,6 +37,7 @@ class DegradationRun:
     family: str
     block: str
     depth: int
+    seed: int
     zero_init: bool
     spec: str
     epochs: int
@@ -108,12 +108,13 @@ def _finished(run_dir: Path, recipe: Any) -> Optional[List[Dict[str, float]]]:
 
 
 def degradation_study(families: Sequence[str] = ("spiking", "sew"), depths: Sequence[int] = (1, 2, 4, 8), *,
-                      out: str = "runs/analysis/degradation", zero_init: str = "paper", overwrite: bool = False,
-                      log: Callable[[str], None] = print, **recipe_kwargs: Any) -> List[DegradationRun]:
-    """Train every (family, depth) for the same budget and collect the final losses.
+                      seeds: Sequence[int] = (2020,), out: str = "runs/analysis/degradation", zero_init: str = "paper",
+                      overwrite: bool = False, log: Callable[[str], None] = print,
+                      **recipe_kwargs: Any) -> List[DegradationRun]:
+    """Train every (family, depth, seed) for the same budget and collect the final losses.
 
     ``recipe_kwargs`` go to :func:`degradation_recipe` (epochs, T, batch_size, lr, width, neuron, g,
-    num_train, num_test, size, seed, device).
+    num_train, num_test, size, device). Runs live in ``out/runs/<family>-<depth>-seed<seed>``.
     """
     from ..train import train
 
@@ -121,27 +122,29 @@ def degradation_study(families: Sequence[str] = ("spiking", "sew"), depths: Sequ
         raise AnalysisError("no families to train: pass at least one of " + ", ".join(FAMILIES))
     if not depths:
         raise AnalysisError("no depths to train: pass at least one positive number of blocks")
+    if not seeds:
+        raise AnalysisError("no seeds: pass at least one")
     results: List[DegradationRun] = []
     for family in families:
         for depth in sorted(set(depths)):
-            run_dir = Path(out) / "runs" / f"{family}-{depth}"
-            zi = _zero_init(zero_init, family)
-            recipe = degradation_recipe(family, depth, output=str(run_dir), zero_init=zi, **recipe_kwargs)
-            t0 = time.perf_counter()
-            history = None if overwrite else _finished(run_dir, recipe)
-            if history is None:
-                log(f"training {family}-{depth}: {recipe.model.name} for {recipe.epochs} epochs")
-                result = train(recipe, overwrite=True, progress=False, log=lambda msg: log("  " + msg))
-                history = result.history
-            else:
-                log(f"reusing {run_dir} (finished, same recipe)")
-            last = history[-1]
-            results.append(DegradationRun(
-                family, FAMILIES[family], depth, zi, recipe.model.name, int(last["epoch"]), float(last["train_loss"]),
-                float(last["train_acc"]), float(last["test_loss"]), float(last["test_acc"]),
-                float(last.get("best_test_acc", math.nan)), _count_params(recipe),
-                float(sum(r.get("seconds", 0.0) for r in history)) if history else time.perf_counter() - t0,
-                str(run_dir)))
+            for seed in seeds:
+                name = f"{family}-{depth}-seed{seed}"
+                run_dir = Path(out) / "runs" / name
+                zi = _zero_init(zero_init, family)
+                recipe = degradation_recipe(family, depth, output=str(run_dir), zero_init=zi, seed=seed,
+                                            **recipe_kwargs)
+                history = None if overwrite else _finished(run_dir, recipe)
+                if history is None:
+                    log(f"training {name}: {recipe.model.name} for {recipe.epochs} epochs")
+                    history = train(recipe, overwrite=True, progress=False, log=lambda msg: log("  " + msg)).history
+                else:
+                    log(f"reusing {run_dir} (finished, same recipe)")
+                last = history[-1]
+                results.append(DegradationRun(
+                    family, FAMILIES[family], depth, seed, zi, recipe.model.name, int(last["epoch"]),
+                    float(last["train_loss"]), float(last["train_acc"]), float(last["test_loss"]),
+                    float(last["test_acc"]), float(last.get("best_test_acc", math.nan)), _count_params(recipe),
+                    float(sum(r.get("seconds", 0.0) for r in history)), str(run_dir)))
     return results
 
 

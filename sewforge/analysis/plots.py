@@ -103,15 +103,19 @@ def _finite(v: Any) -> bool:
 
 
 def plot_degradation(rows: Sequence[Dict[str, Any]], path: Union[str, Path], title: str = "") -> Path:
-    """Final training loss and test accuracy against the number of blocks, one curve per family:
-    degradation shows as a loss that rises with depth."""
+    """Final training loss and test accuracy against the number of blocks, one curve per family
+    (the mean over seeds, each seed a dot): degradation shows as a loss that rises with depth."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for family, frows in _group(rows, "family").items():
-        frows = sorted(frows, key=lambda r: r["depth"])
-        xs = [r["depth"] for r in frows]
-        axes[0].plot(xs, [r["train_loss"] for r in frows], marker="o", label=family)
-        axes[1].plot(xs, [r["test_acc"] for r in frows], marker="o", label=family)
+        depths = sorted({r["depth"] for r in frows})
+        for ax, key in zip(axes, ("train_loss", "test_acc")):
+            by_depth = [[r[key] for r in frows if r["depth"] == d] for d in depths]
+            mean = [sum(v) / len(v) for v in by_depth]
+            line, = ax.plot(depths, mean, marker="o", label=family)
+            if any(len(v) > 1 for v in by_depth):  # one seed per dot, the line through their mean
+                ax.plot([d for d, v in zip(depths, by_depth) for _ in v], [x for v in by_depth for x in v],
+                        linestyle="none", marker=".", alpha=0.5, color=line.get_color())
     for ax, what in zip(axes, ("final training loss", "final test accuracy (%)")):
         ax.set_xlabel("residual blocks")
         ax.set_ylabel(what)

@@ -185,7 +185,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     deg.add_argument("--num-train", type=_positive_int, default=256, help="synthetic training samples (default 256)")
     deg.add_argument("--num-test", type=_positive_int, default=128, help="synthetic test samples (default 128)")
     deg.add_argument("--size", type=_positive_int, default=32, help="synthetic frame size (default 32)")
-    deg.add_argument("--seed", type=int, default=2020, help="seed of every run (default 2020)")
+    deg.add_argument("--seeds", type=int, nargs="+", default=[2020],
+                     help="seeds; every (family, depth) is trained once per seed and the plot shows the mean "
+                          "(default 2020)")
     deg.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     deg.add_argument("--overwrite", action="store_true", help="train again even where a finished run exists")
     deg.add_argument("--out", default="runs/analysis/degradation", metavar="DIR",
@@ -367,19 +369,21 @@ def _run_degradation(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     runs = degradation_study(
-        args.families, args.depths, out=args.out, zero_init=args.zero_init, overwrite=args.overwrite, log=_say,
+        args.families, args.depths, seeds=args.seeds, out=args.out, zero_init=args.zero_init, overwrite=args.overwrite, log=_say,
         epochs=args.epochs, T=args.T, batch_size=args.batch, lr=args.lr, width=args.width, neuron=args.neuron,
-        g=args.g, num_train=args.num_train, num_test=args.num_test, size=args.size, seed=args.seed,
-        device=args.device)
+        g=args.g, num_train=args.num_train, num_test=args.num_test, size=args.size, device=args.device)
     rows = [r.as_row() for r in runs]
     out = Path(args.out)
     csv_path = write_csv(out / "degradation.csv", rows, DEGRADATION_COLUMNS)
     title = args.title or (f"degradation: {args.epochs} epochs on synthetic ({args.num_train} samples, T={args.T}), "
                            f"{args.neuron}, zero init: {args.zero_init}")
     png_path = plot_degradation(rows, out / "degradation.png", title=title)
-    _say("final training loss by depth:")
+    _say("final training loss by depth" + (" (mean over seeds)" if len(args.seeds) > 1 else "") + ":")
     for family in args.families:
-        cells = [f"{r.depth}: {r.train_loss:.4f}" for r in runs if r.family == family]
+        cells = []
+        for depth in sorted(set(args.depths)):
+            losses = [r.train_loss for r in runs if r.family == family and r.depth == depth]
+            cells.append(f"{depth}: {sum(losses) / len(losses):.4f}")
         _say(f"  {family:<8} " + "  ".join(cells))
     _say(f"wrote {csv_path} and {png_path} in {time.perf_counter() - t0:.1f}s")
     return 0
