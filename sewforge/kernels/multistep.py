@@ -71,6 +71,25 @@ def _no_g(a, s):
     return a
 
 
+@jit
+def _initial_state(V0, offs, mask, v_rest, HAS_V0: tl.constexpr, BLOCK: tl.constexpr, CD: tl.constexpr):
+    if HAS_V0:
+        v = tl.load(V0 + offs, mask=mask, other=0.0).to(CD)
+    else:
+        v = tl.zeros([BLOCK], CD) + v_rest
+    return v
+
+
+@jit
+def _reset(h, s, v_rest, v_th, HARD_RESET: tl.constexpr):
+    """The potential after a step: back to v_rest where it fired (hard) or minus V_th (soft)."""
+    if HARD_RESET:
+        v = tl.where(s > 0, v_rest, h)
+    else:
+        v = h - s * v_th
+    return v
+
+
 @jit(do_not_specialize=["T"])  # one kernel for every sequence length
 def _multistep_fwd(
     X, SC, OUT, H, P, V0, VT,
@@ -83,10 +102,7 @@ def _multistep_fwd(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     v_rest = v_reset  # the host passes 0 for a soft reset
-    if HAS_V0:
-        v = tl.load(V0 + offs, mask=mask, other=0.0).to(CD)
-    else:
-        v = tl.zeros([BLOCK], CD) + v_rest
+    v = _initial_state(V0, offs, mask, v_rest, HAS_V0, BLOCK, CD)
     for t in range(T):
         idx = offs + t * N
         x = tl.load(X + idx, mask=mask, other=0.0).to(CD)
@@ -100,10 +116,7 @@ def _multistep_fwd(
         else:
             o = s
         tl.store(OUT + idx, o.to(OUT.dtype.element_ty), mask=mask)
-        if HARD_RESET:
-            v = tl.where(s > 0, v_rest, h)
-        else:
-            v = h - s * v_th
+        v = _reset(h, s, v_rest, v_th, HARD_RESET)
     if STORE_VT:
         tl.store(VT + offs, v, mask=mask)
 
@@ -121,10 +134,7 @@ def _multistep_bwd(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     v_rest = v_reset  # the host passes 0 for a soft reset
-    if HAS_V0:
-        v_init = tl.load(V0 + offs, mask=mask, other=0.0).to(CD)
-    else:
-        v_init = tl.zeros([BLOCK], CD) + v_rest
+    v_init = _initial_state(V0, offs, mask, v_rest, HAS_V0, BLOCK, CD)
     grad_v = tl.zeros([BLOCK], CD)  # dL/dV[t], carried backwards in time
     dp = tl.zeros([BLOCK], CD)
     h = tl.load(H + offs + (T - 1) * N, mask=mask, other=0.0)
@@ -133,11 +143,7 @@ def _multistep_bwd(
         idx = offs + t * N
         # V[t-1] is rebuilt from H[t-1] (or the initial state at t = 0)
         h_prev = tl.load(H + idx - N, mask=mask & (t > 0), other=0.0)
-        s_prev = (h_prev >= v_th).to(CD)
-        if HARD_RESET:
-            v_prev = tl.where(s_prev > 0, v_rest, h_prev)
-        else:
-            v_prev = h_prev - s_prev * v_th
+        v_prev = _reset(h_prev, (h_prev >= v_th).to(CD), v_rest, v_th, HARD_RESET)
         v_prev = tl.where(t > 0, v_prev, v_init)
 
         s = (h >= v_th).to(CD)
