@@ -71,7 +71,11 @@ def test_degradation_trains_every_depth_and_reuses_finished_runs(tmp_path, capsy
     assert main(["analyze", "rates", "--checkpoint", str(ckpt), "--batch", "4", "--out", str(tmp_path / "r")]) == 0
     rates = _read(tmp_path / "r" / "rates.csv")
     assert len(rates) == 2 and all(r["rate_a"] == r["rate_o"] for r in rates)
-    assert main(["analyze", "grads", "--checkpoint", str(ckpt), "--batch", "4", "--out", str(tmp_path / "g")]) == 0
-    assert len(_read(tmp_path / "g" / "grads.csv")) == 2
+    sew = out / "runs" / "sew-2-seed2020"  # a run folder stands for its last.pt
+    assert main(["analyze", "grads", "--checkpoint", str(ckpt), str(sew), "--batch", "4",
+                 "--out", str(tmp_path / "g")]) == 0
+    grads = _read(tmp_path / "g" / "grads.csv")
+    assert [(r["model"], r["g"]) for r in grads] == [("spiking-2-seed2020/last.pt", "")] * 2 + \
+        [("sew-2-seed2020", "ADD")] * 2
     assert main(["analyze", "rates", "--checkpoint", str(ckpt), "--g", "AND", "--out", str(tmp_path / "x")]) == 2
     assert "--g" in capsys.readouterr().err

@@ -107,9 +107,9 @@ def _common(p: argparse.ArgumentParser, *, out: str, zero_init_default: str) -> 
     p.add_argument("--v-threshold", type=_positive_float, default=None,
                    help="firing threshold of every neuron (the paper uses 1 and 0.5)")
     p.add_argument("--num-classes", type=_positive_int, default=None, help="outputs of the model (default its own)")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="analyse a trained model: a checkpoint (best.pt / last.pt) or run folder from "
-                        "`sewforge train`; model and data come from its recipe")
+    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
+                   help="analyse trained models: checkpoints (best.pt / last.pt) or run folders from "
+                        "`sewforge train`, compared in one figure; model and data come from each recipe")
     p.add_argument("--bn", choices=("train", "eval"), default=None,
                    help="batch norm with the batch's statistics (train: the first training step) or the running "
                         "ones (eval); default train, eval for --checkpoint")
@@ -124,7 +124,7 @@ _EXAMPLES = {
       --input 3x64x64 --batch 2                                   # Figure 5
   sewforge analyze rates sew7b_gesture spiking_resnet7b_gesture plain7b_gesture --g ADD AND IAND \\
       --data synthetic --data-arg size=128                         # Figure 11, at initialisation
-  sewforge analyze rates --checkpoint runs/gesture/best.pt       # a trained network (Figures 4, 11)
+  sewforge analyze rates --checkpoint runs/g-add/best.pt runs/g-and/best.pt  # trained networks (Figures 4, 11)
 """,
     "grads": """examples:
   sewforge analyze grads sew_resnet152 spiking_resnet152 --g ADD AND IAND --input 3x64x64 --batch 2 \\
@@ -241,24 +241,27 @@ def _prepare(args: argparse.Namespace, kind: str):
                                 "recipe and weights; drop these options")
         from ..analysis.study import load_trained
 
-        model, recipe, test_set = load_trained(args.checkpoint)
-        T = args.T if args.T is not None else recipe.data.T
-        data = args.data or recipe.data.name
-        if data == recipe.data.name and not dataset_kwargs:
-            dataset_kwargs = dict(recipe.data.kwargs)
-        batch = make_batch(data, T=T, batch=args.batch, input_shape=args.input or tuple(test_set.input_shape),
-                           num_classes=getattr(model, "num_classes", None), p=args.p, seed=args.seed,
-                           split=args.split or recipe.data.test_split,
-                           root=args.data_root or recipe.data.root, dataset_kwargs=dataset_kwargs)
-        model.train((args.bn or "eval") == "train")
-        blocks = model_blocks(model)
-        g = next((b.g.name for b in blocks if getattr(b, "uses_g", False)), None)
-        variant = Variant(f"{recipe.model.name} ({Path(args.checkpoint).name})", g,
-                          bool(recipe.model.zero_init))
-        t0 = time.perf_counter()
-        rows = measure(kind, model, variant, batch, loss)
-        _say(f"  {variant.label}: {len(blocks)} blocks, measured in {time.perf_counter() - t0:.1f}s")
-        return rows, f"trained {recipe.model.name} ({args.checkpoint}); {batch.description}; BN {args.bn or 'eval'}"
+        rows, described = [], []
+        for path in args.checkpoint:
+            model, recipe, test_set = load_trained(path)
+            data = args.data or recipe.data.name
+            kwargs = dict(recipe.data.kwargs) if data == recipe.data.name and not dataset_kwargs else dataset_kwargs
+            batch = make_batch(data, T=args.T or recipe.data.T, batch=args.batch,
+                               input_shape=args.input or tuple(test_set.input_shape),
+                               num_classes=getattr(model, "num_classes", None), p=args.p, seed=args.seed,
+                               split=args.split or recipe.data.test_split, root=args.data_root or recipe.data.root,
+                               dataset_kwargs=kwargs)
+            model.train((args.bn or "eval") == "train")
+            blocks = model_blocks(model)
+            g = next((b.g.name for b in blocks if getattr(b, "uses_g", False)), None)
+            variant = Variant(_run_name(path), g, bool(recipe.model.zero_init))
+            t0 = time.perf_counter()
+            rows += measure(kind, model, variant, batch, loss)
+            _say(f"  {variant.label}: {recipe.model.name}, {len(blocks)} blocks, measured in "
+                 f"{time.perf_counter() - t0:.1f}s on {batch.description}")
+            if batch.description not in described:
+                described.append(batch.description)
+        return rows, f"trained networks on {'; '.join(described)}; BN {args.bn or 'eval'}"
     if not args.models:
         raise AnalysisError("name at least one MODEL (e.g. sew_resnet18, or a spec string), or pass --checkpoint")
     data = args.data or "random"
@@ -276,6 +279,12 @@ def _prepare(args: argparse.Namespace, kind: str):
     _say(f"{kind}: {len(variants)} networks on {batch.description}; BN {bn}")
     rows = run_study(kind, variants, batch, options, bn=bn, loss=loss, log=_say)
     return rows, f"{batch.description}; BN {bn}"
+
+
+def _run_name(path: str) -> str:
+    """``runs/gesture-and/best.pt`` -> ``gesture-and/best.pt``; a run folder -> its name."""
+    p = Path(path)
+    return p.name if p.is_dir() or not p.parent.name else f"{p.parent.name}/{p.name}"
 
 
 def _setting(args: argparse.Namespace) -> str:
