@@ -22,19 +22,22 @@ from sewforge.train.engine import temporal_delete, time_major
 from sewforge.train.runlog import SUMMARY_COLUMNS
 
 # ---------------------------------------------------------------------------------------------
-# a tiny event dataset and network (a bar moving left or right, or standing still: only the
-# order of the frames tells the classes apart)
+# what the runs train: the built-in synthetic data, shrunk, and a SEW network from a spec string;
+# a NaN-producing dataset and network for the non-finite loss test
 # ---------------------------------------------------------------------------------------------
+SPEC = "c4k3s1-BN-PLIF-MPk2s2-{SEW(c4)-MPk2s2}*1-FC4"
 DATASET = "_train_test_bars"
 MODEL = "_train_test_net"
 
 
 class Bars(torch.utils.data.Dataset):
+    """A bar moving left or right or standing still; ``nan_sample`` makes one sample NaN."""
+
     num_classes = 3
     input_shape = (2, 8, 8)
     classes = ("left", "right", "still")
 
-    def __init__(self, split="train", T=4, samples=48, nan_sample=None, **_):
+    def __init__(self, root=None, split="train", T=4, *, samples=48, nan_sample=None):
         g = torch.Generator().manual_seed(0 if split == "train" else 1)
         n = samples if split == "train" else samples // 2
         self.y = torch.arange(n) % 3
@@ -42,8 +45,7 @@ class Bars(torch.utils.data.Dataset):
         for i in range(n):
             start = int(torch.randint(2, 6, (1,), generator=g))
             for t in range(T):
-                col = start + (-t, t, 0)[int(self.y[i])]
-                self.x[i, t, 0, :, col % 8] += 2.0
+                self.x[i, t, 0, :, (start + (-t, t, 0)[int(self.y[i])]) % 8] += 2.0
         self.nan_sample = nan_sample
 
     def __len__(self):
@@ -57,52 +59,36 @@ class Bars(torch.utils.data.Dataset):
 
 
 class TinyNet(torch.nn.Module):
-    def __init__(self, num_classes=3, T=4, input_shape=(2, 8, 8), neuron=None, surrogate=None, **_):
+    """conv-BN-PLIF-FC whose logits turn NaN with a NaN input, as a diverging network's would
+    (a spiking neuron alone swallows NaN: NaN >= threshold is false)."""
+
+    def __init__(self, num_classes=3, T=4, input_shape=(2, 8, 8), **_):
         import sewforge
 
         super().__init__()
-        self.T, self.num_classes, self.input_shape = T, num_classes, input_shape
+        self.T, self.num_classes, self.input_shape = T, num_classes, tuple(input_shape)
         self.conv = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4))
-        self.sn = sewforge.create_neuron(neuron or "PLIF", surrogate=surrogate)
-        self.fc = torch.nn.Linear(4 * 64 * 2, num_classes)
+        self.sn = sewforge.create_neuron("PLIF")
+        self.fc = torch.nn.Linear(4 * 64, num_classes)
 
     def forward(self, x):
         steps, batch = x.shape[:2]
-        s = self.sn(self.conv(x.flatten(0, 1)).unflatten(0, (steps, batch))).flatten(2)
-        pairs = torch.cat([s[1:], s[:-1]], dim=2) if steps > 1 else torch.cat([s, s], 2)
-        # a NaN input gives NaN logits, as the weights of a diverging network would
-        return self.fc(pairs).mean(0) + 0.0 * x.sum()
-
-
-def install_standins():
-    from sewforge.registry import DATASETS, MODELS
-
-    if DATASET not in DATASETS:
-        DATASETS.add(DATASET, Bars, description="test bars")
-    if MODEL not in MODELS:
-        MODELS.add(MODEL, TinyNet, description="test net")
-    import sewforge.data
-
-    if not hasattr(sewforge.data, "create_dataset"):
-        if "synthetic" not in DATASETS:
-            DATASETS.add("synthetic", Bars, description="stand-in")
-        mod = sewforge.data
-        mod.create_dataset = lambda name, *, root=None, split="train", T=16, **kw: DATASETS.get(name)(
-            split=split, T=T, **kw)
-    import sewforge.models
-
-    if not hasattr(sewforge.models, "create_model"):
-        mod = sewforge.models
-        mod.create_model = lambda name, **kw: MODELS.get(name)(**kw)
+        s = self.sn(self.conv(x.flatten(0, 1)).unflatten(0, (steps, batch)))
+        return self.fc(s.flatten(2)).mean(0) + 0.0 * x.sum()
 
 
 @pytest.fixture(autouse=True)
-def _standins():
-    install_standins()
+def _test_components():
+    from sewforge.registry import DATASETS, MODELS
+
+    DATASETS.add(DATASET, Bars, description="test bars")
+    MODELS.add(MODEL, TinyNet, description="test net")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # these networks are too small to gain from threads, and the cores are shared
     yield
     torch.set_num_threads(threads)
+    DATASETS.unregister(DATASET)
+    MODELS.unregister(MODEL)
 
 
 def write(path: Path, text: str) -> Path:
@@ -112,8 +98,8 @@ def write(path: Path, text: str) -> Path:
 
 def tiny_recipe(tmp_path: Path, **top) -> Path:
     """A recipe that trains in about a second on one CPU core."""
-    data = {"model": {"name": MODEL},
-            "data": {"name": DATASET, "T": 4, "kwargs": {"samples": 48}},
+    data = {"model": {"name": SPEC},
+            "data": {"name": "synthetic", "T": 4, "kwargs": {"num_train": 48, "num_test": 24, "size": 16}},
             "optimizer": {"name": "sgd", "lr": 0.05},
             "scheduler": {"name": "cosine"},
             "epochs": 2, "batch_size": 8, "T_train": 3, "output": str(tmp_path / "run")}
@@ -212,6 +198,14 @@ def test_choices_registries_and_relations_are_checked(tmp_path):
     assert "T_train: must be <= data.T = 4" in msg
     assert "optimizer.name: unknown optimizer 'sgdd'; did you mean 'sgd'" in msg
     assert "device: expected auto, cpu, cuda or cuda:N, got 'gpu'" in msg
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["model.name=c32k3s1-BN-PLFI-FC10"])
+    assert f"{path}:1: model.name" not in str(info.value)
+    assert "override 'model.name=c32k3s1-BN-PLFI-FC10': model.name: unknown layer, neuron or block 'PLFI'" in str(
+        info.value)
+    assert "did you mean 'PLIF'" in str(info.value)
+    with pytest.raises(RecipeError, match="did you mean 'sew7b_gesture'"):
+        load_recipe(path, ["model.name=sew7b_gestur"])
 
 
 def test_missing_model_yaml_errors_and_duplicate_keys(tmp_path):
@@ -333,7 +327,7 @@ def test_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
-    recipe = tiny_recipe(tmp_path, epochs=1)
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": MODEL}, data={"name": DATASET, "T": 4})
     run = tmp_path / "run"
     assert main([str(recipe), "--no-progress"]) == 0
     good = digest(run / "last.pt")
@@ -390,16 +384,13 @@ def test_two_process_ddp_run_ends_with_identical_weights(tmp_path):
     recipe = tiny_recipe(tmp_path, epochs=2)
     script = write(tmp_path / "ddp_worker.py", f"""\
         import os, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
         import torch
-        import test_train
-        test_train.install_standins()
         from sewforge.train import load_recipe, train
         result = train(load_recipe({str(recipe)!r}), progress=False)
         state = {{k: v for k, v in result.model.state_dict().items()}}
         torch.save(state, os.path.join({str(tmp_path)!r}, "rank%s.pt" % os.environ["RANK"]))
         """)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

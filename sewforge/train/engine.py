@@ -279,6 +279,8 @@ def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, recipe: Recipe,
 
 
 def _configure_torch(recipe: Recipe, device: torch.device) -> None:
+    if recipe.threads is not None:
+        torch.set_num_threads(recipe.threads)
     if recipe.deterministic:
         import os
 
@@ -494,6 +496,7 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Union[str, Path], *, progres
         except CheckpointError as exc:
             error = exc
         _agree(ctx, error)
+        _configure_torch(recipe, ctx.device)
         _seed_everything(recipe.seed)
         test_set = build_datasets(recipe, ("test",))["test"]
         model = build_model(recipe, test_set).to(ctx.device)

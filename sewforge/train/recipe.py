@@ -129,6 +129,8 @@ class Recipe:
     drop_last: bool = field(default=False, metadata=_meta("drop the last incomplete training batch"))
     sync_bn: bool = field(default=False, metadata=_meta("synchronise batch-norm statistics across GPUs"))
     device: str = field(default="auto", metadata=_meta("auto, cpu, cuda or cuda:N"))
+    threads: Optional[int] = field(default=None, metadata=_meta(
+        "CPU threads of each process for PyTorch operations (null = PyTorch's default, one per core)", min=1))
     output: str = field(default="runs/{recipe}", metadata=_meta(
         "run folder; may use {recipe} (file name without .yaml) and fields such as {data.T} or {seed}"))
 
@@ -428,6 +430,10 @@ def _check_names(recipe: Recipe, at: Any, problems: List[str]) -> None:
         bad = _registry_problem(reg, name, key, at)
         if bad:
             problems.append(bad)
+    if recipe.model.name:
+        bad = _model_problem(recipe.model.name)
+        if bad:
+            problems.append(f"{at('model.name')}: model.name: {bad}")
     from timm.optim import list_optimizers
 
     known = list_optimizers()
@@ -437,6 +443,23 @@ def _check_names(recipe: Recipe, at: Any, problems: List[str]) -> None:
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
         problems.append(f"{at('optimizer.name')}: optimizer.name: unknown optimizer {recipe.optimizer.name!r}; "
                         f"{hint}timm knows: {', '.join(known)}")
+
+
+def _model_problem(name: str) -> Optional[str]:
+    """A zoo name must be registered; anything else must parse as a spec string."""
+    try:
+        import sewforge.models  # noqa: F401  (registers the zoo)
+        from ..registry import MODELS
+        from ..spec import SpecError, parse
+    except ModuleNotFoundError:  # an installation without the model zoo
+        return None
+    if name.strip() in MODELS:
+        return None
+    try:
+        parse(name)
+    except SpecError as exc:
+        return "\n      ".join(str(exc).splitlines())
+    return None
 
 
 def _format_output(recipe: Recipe, stem: str, at: str, problems: List[str]) -> None:
