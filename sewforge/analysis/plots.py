@@ -116,7 +116,12 @@ def plot_degradation(rows: Sequence[Dict[str, Any]], path: Union[str, Path], tit
             if any(len(v) > 1 for v in by_depth):  # one seed per dot, the line through their mean
                 ax.plot([d for d, v in zip(depths, by_depth) for _ in v], [x for v in by_depth for x in v],
                         linestyle="none", marker=".", alpha=0.5, color=line.get_color())
+    depths = sorted({r["depth"] for r in rows})
     for ax, what in zip(axes, ("final training loss", "final test accuracy (%)")):
+        if len(depths) > 2 and depths[-1] / depths[0] >= 4:  # 1 2 4 8 ...: even spacing on a log axis
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(depths)
+        ax.set_xticklabels([str(d) for d in depths])
         ax.set_xlabel("residual blocks")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
