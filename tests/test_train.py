@@ -116,7 +116,7 @@ def tiny_recipe(tmp_path: Path, **top) -> Path:
 def test_unknown_key_names_file_line_and_suggests(tmp_path):
     path = write(tmp_path / "r.yaml", """\
         model:
-          name: m
+          name: sew7b_gesture
         optimizer:
           lrr: 0.1
         """)
@@ -130,7 +130,7 @@ def test_unknown_key_names_file_line_and_suggests(tmp_path):
 
 def test_wrong_type_and_all_problems_reported_at_once(tmp_path):
     path = write(tmp_path / "r.yaml", f"""\
-        model: {{name: m}}
+        model: {{name: sew7b_gesture}}
         data: {{name: {DATASET}}}
         epochs: ten
         amp: 1
@@ -149,7 +149,7 @@ def test_wrong_type_and_all_problems_reported_at_once(tmp_path):
 
 def test_float_written_without_dot_is_a_float(tmp_path):
     # PyYAML reads 1e-3 as the string '1e-3' (YAML 1.1 wants 1.0e-3)
-    path = write(tmp_path / "r.yaml", "model: {name: m}\noptimizer: {lr: 1e-3, weight_decay: 5E-5}\n")
+    path = write(tmp_path / "r.yaml", "model: {name: sew7b_gesture}\noptimizer: {lr: 1e-3, weight_decay: 5E-5}\n")
     assert yaml.safe_load(path.read_text())["optimizer"]["lr"] == "1e-3"
     r = load_recipe(path)
     assert r.optimizer.lr == 1e-3 and isinstance(r.optimizer.lr, float)
@@ -162,12 +162,12 @@ def test_float_written_without_dot_is_a_float(tmp_path):
        st.sampled_from(["{!r}", "{:e}", "{:E}", "{:.3e}"]))
 def test_any_float_spelling_reads_back(tmp_path_factory, value, spelling):
     text = spelling.format(value)
-    r = recipe_from_dict({"model": {"name": "m"}}, overrides=[f"optimizer.lr={text}"])
+    r = recipe_from_dict({"model": {"name": "sew7b_gesture"}}, overrides=[f"optimizer.lr={text}"])
     assert r.optimizer.lr == float(text)
 
 
 def test_override_errors_name_the_override(tmp_path):
-    path = write(tmp_path / "r.yaml", "model: {name: m}\n")
+    path = write(tmp_path / "r.yaml", "model: {name: sew7b_gesture}\n")
     with pytest.raises(RecipeError) as info:
         load_recipe(path, ["data.TT=4", "optimizer.lr=-1", "seed"])
     msg = str(info.value)
@@ -181,7 +181,7 @@ def test_override_errors_name_the_override(tmp_path):
 
 def test_choices_registries_and_relations_are_checked(tmp_path):
     path = write(tmp_path / "r.yaml", """\
-        model: {name: m, g: ADDD, neuron: PLFI}
+        model: {name: sew7b_gesture, g: ADDD, neuron: PLFI}
         data: {name: no_such_data, T: 4}
         T_train: 6
         optimizer: {name: sgdd}
@@ -214,14 +214,14 @@ def test_missing_model_yaml_errors_and_duplicate_keys(tmp_path):
     with pytest.raises(RecipeError, match=r"b.yaml: not valid YAML"):
         load_recipe(write(tmp_path / "b.yaml", "model: {name: [\n"))
     with pytest.raises(RecipeError, match=r"c.yaml:3: epochs: key given twice"):
-        load_recipe(write(tmp_path / "c.yaml", "model: {name: m}\nepochs: 2\nepochs: 3\n"))
+        load_recipe(write(tmp_path / "c.yaml", "model: {name: sew7b_gesture}\nepochs: 2\nepochs: 3\n"))
     with pytest.raises(RecipeError, match="recipe file not found"):
         load_recipe(tmp_path / "missing.yaml")
 
 
 def test_base_recipe_merge_and_output_placeholders(tmp_path):
     write(tmp_path / "base.yaml", """\
-        model: {name: m, g: ADD}
+        model: {name: sew7b_gesture, g: ADD}
         data: {T: 16, kwargs: {a: 1}}
         optimizer: {lr: 0.1}
         output: runs/{recipe}_T{data.T}
@@ -232,7 +232,7 @@ def test_base_recipe_merge_and_output_placeholders(tmp_path):
         data: {kwargs: {b: 2}}
         """)
     r = load_recipe(child, ["data.T=8"])
-    assert (r.model.name, r.model.g, r.data.T, r.optimizer.lr) == ("m", "IAND", 8, 0.1)
+    assert (r.model.name, r.model.g, r.data.T, r.optimizer.lr) == ("sew7b_gesture", "IAND", 8, 0.1)
     assert r.data.kwargs == {"a": 1, "b": 2}
     assert r.output == "runs/child_T8"
     with pytest.raises(RecipeError, match="output: cannot fill in"):
@@ -278,6 +278,8 @@ def test_run_folder_contents_and_exact_resume(tmp_path, capsys):
     assert main([str(recipe), f"output={full}", "--no-progress"]) == 0
     half = tmp_path / "half"
     assert main([str(recipe), f"output={half}", "epochs=1", "--no-progress"]) == 0
+    # a crash between saving last.pt and appending its row: the resumed run repairs summary.csv
+    (half / "summary.csv").write_text((half / "summary.csv").read_text().splitlines()[0] + "\n")
     assert main([str(recipe), f"output={half}", "--resume", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "resuming after epoch 1" in out
@@ -324,6 +326,37 @@ def test_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
     assert digest(tmp_path / "run" / "last.pt") == before
     assert main([str(recipe), "--overwrite", "--no-progress", "seed=7"]) == 0
     assert len(rows(tmp_path / "run")) == 1
+
+
+def test_amp_on_cpu_and_resume_without_checkpoint(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, epochs=1, amp=True)  # bfloat16 autocast on CPUs
+    assert main([str(recipe), "--resume", "--no-progress"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main([str(recipe), "--no-progress"]) == 0
+    row = rows(tmp_path / "run")[0]
+    assert math.isfinite(float(row["train_loss"])) and math.isfinite(float(row["test_loss"]))
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise():
+    import io
+
+    from sewforge.train.runlog import Progress
+
+    out = io.StringIO()
+    bar = Progress(10, "epoch 1/2 train", stream=out, bar=True)
+    for step in range(1, 11):
+        bar.update(step, loss=0.5)
+    text = out.getvalue()
+    assert "\r" in text and "10/10" in text and "|" in text and "\n" not in text
+    out = io.StringIO()
+    plain = Progress(10, "epoch 1/2 train", stream=out, interval=0.0)
+    for step in range(1, 11):
+        plain.update(step, loss=0.5)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 9 and lines[0].startswith("epoch 1/2 train 1/10") and "\r" not in out.getvalue()
+    quiet = io.StringIO()
+    Progress(10, "x", stream=quiet).update(5)  # not a terminal, under the interval: nothing
+    assert quiet.getvalue() == ""
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):

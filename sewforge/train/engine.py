@@ -357,6 +357,9 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
     try:
         if resume:
             ckpt_path = _resume_path(resume, output)
+            if resume is True and not ckpt_path.exists():
+                raise CheckpointError(f"nothing to resume: {str(ckpt_path)!r} does not exist (no epoch of this run "
+                                      "has finished); start the run without --resume")
             ckpt = load_checkpoint(ckpt_path)
         elif ctx.is_main and any((output / name).exists() for name in ("summary.csv", "last.pt")) and not overwrite:
             raise RunFolderError(
