@@ -401,6 +401,10 @@ def test_cli_subcommand_and_print_recipe(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert sewforge_main(["train", str(recipe), "optimizer.lrr=1"]) == 2
     assert "did you mean 'lr'" in capsys.readouterr().err
+    # a spec string states its classes; a mismatch with the data is reported before any file is written
+    assert sewforge_main(["train", str(recipe), "model.name=c4k3s1-BN-PLIF-FC10"]) == 2
+    assert "has 10 outputs but dataset 'synthetic' has 4 classes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------

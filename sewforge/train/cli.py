@@ -36,15 +36,18 @@ def _add_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.usage = ("%(prog)s [RECIPE.yaml] [KEY=VALUE ...] [--resume [PATH]] [--overwrite] "
+               "[--eval-only --checkpoint PATH] [--print-recipe] [--no-progress]")
     # REMAINDER, re-parsed in run(): options may then come before, between or after the items
     p.add_argument("items", nargs=argparse.REMAINDER, metavar="RECIPE.yaml | KEY=VALUE",
                    help="a recipe file (optional with --resume PATH / --checkpoint) and overrides such as "
                         "optimizer.lr=1e-3 data.T=8")
     _add_options(p)
+    p.set_defaults(train_prog=p.prog)
 
 
 def _parse_items(args: argparse.Namespace) -> argparse.Namespace:
-    inner = argparse.ArgumentParser(prog="sewforge train", add_help=False)
+    inner = argparse.ArgumentParser(prog=getattr(args, "train_prog", "sewforge train"), add_help=False)
     inner.add_argument("items", nargs="*")
     _add_options(inner)
     parsed = inner.parse_intermixed_args(list(args.items or []))
