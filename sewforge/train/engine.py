@@ -9,9 +9,7 @@ bit for bit where an uninterrupted run would be.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .distributed import DistContext, all_gather_objects, all_reduce_sum, average_bn_buffers, setup, teardown
 from .recipe import Recipe, dump_recipe, recipe_to_dict
-from .runlog import RUN_FILES, Progress, RunLog
+from .runlog import Progress, RunLog
 
 __all__ = ["TrainResult", "NonFiniteLossError", "RunFolderError", "train", "evaluate_checkpoint", "build_model",
            "build_datasets", "FiringRateMeter", "temporal_delete", "time_major"]
