@@ -135,7 +135,6 @@ class Recipe:
         "run folder; may use {recipe} (file name without .yaml) and fields such as {data.T} or {seed}"))
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe) if dataclasses.is_dataclass(f.default_factory)}
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
