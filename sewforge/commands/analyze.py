@@ -97,7 +97,8 @@ def _common(p: argparse.ArgumentParser, *, out: str, zero_init_default: str) -> 
     p.add_argument("--g", type=_g, nargs="+", default=None, metavar="G",
                    help="element-wise functions to compare for models with SEW blocks: ADD AND IAND "
                         "(default: the model's own)")
-    p.add_argument("--zero-init", nargs="?", const="on", default=zero_init_default, choices=("off", "on", "both"),
+    p.set_defaults(_zero_init_default=zero_init_default)  # None below: a checkpoint can tell "not given"
+    p.add_argument("--zero-init", nargs="?", const="on", default=None, choices=("off", "on", "both"),
                    help=f"start the residual branches as identities: on, off or both (default {zero_init_default}; "
                         "a bare --zero-init means on)")
     p.add_argument("--neuron", default=None, help="neuron of every layer (default: the model's own)")
@@ -233,12 +234,13 @@ def _prepare(args: argparse.Namespace, kind: str):
     if args.checkpoint:
         if args.models:
             raise AnalysisError("pass either MODEL names or --checkpoint (whose recipe names the model), not both")
-        ignored = [flag for flag, value in (("--g", args.g), ("--neuron", args.neuron), ("--surrogate", args.surrogate),
+        ignored = [flag for flag, value in (("--g", args.g), ("--zero-init", args.zero_init),
+                                            ("--neuron", args.neuron), ("--surrogate", args.surrogate),
                                             ("--alpha", args.alpha), ("--v-threshold", args.v_threshold),
                                             ("--num-classes", args.num_classes)) if value is not None]
-        if ignored or (kind == "rates" and args.zero_init != "off"):
-            raise AnalysisError(f"{', '.join(ignored) or '--zero-init'}: a checkpoint's model is fixed by its "
-                                "recipe and weights; drop these options")
+        if ignored:
+            raise AnalysisError(f"{', '.join(ignored)}: a checkpoint's model is fixed by its recipe and weights; "
+                                "drop these options")
         from ..analysis.study import load_trained
 
         rows, described = [], []
@@ -274,7 +276,7 @@ def _prepare(args: argparse.Namespace, kind: str):
                            v_threshold=args.v_threshold, seed=args.seed)
     if data == "random" and args.input is None:
         raise AnalysisError("random input needs its shape: pass --input CxHxW (e.g. 3x64x64)")
-    variants = expand_variants(args.models, args.g or [], args.zero_init, options)
+    variants = expand_variants(args.models, args.g or [], args.zero_init or args._zero_init_default, options)
     bn = args.bn or "train"
     _say(f"{kind}: {len(variants)} networks on {batch.description}; BN {bn}")
     rows = run_study(kind, variants, batch, options, bn=bn, loss=loss, log=_say)
