@@ -82,7 +82,7 @@ def test_spiking_resnet_downsample_has_no_neuron_and_adds_before_the_last_neuron
     block = SpikingResNetBlock(4, 8, 2, neuron=IF)
     assert isinstance(block.downsample, nn.Sequential) and len(block.downsample) == 2
     assert not any(isinstance(m, sewforge.BaseNeuron) for m in block.downsample.modules())
-    assert not hasattr(block, "downsample_sn")
+    assert block.downsample_sn is None
     x = spikes(2, 2, 4, 6, 6)
     pre = block.residual(x) + seq_fold(block.downsample, x)
     assert torch.equal(block(x), block.sn_last(pre))

@@ -55,7 +55,7 @@ def test_block_types_and_strides_follow_torchvision_v15():
     assert sew50.layer2[0].conv2.stride == (2, 2) and sew50.layer2[0].conv1.stride == (1, 1)
     # SEW downsample shortcuts carry a neuron (Fig. 2b); Spiking ResNet ones do not (Fig. 2a)
     assert sew50.layer1[0].downsample_sn is not None
-    assert isinstance(spk18.layer2[0].downsample, nn.Sequential) and not hasattr(spk18.layer2[0], "downsample_sn")
+    assert isinstance(spk18.layer2[0].downsample, nn.Sequential) and spk18.layer2[0].downsample_sn is None
     assert spk18.conv1.kernel_size == (7, 7) and spk18.conv1.stride == (2, 2)
     assert (spk18.maxpool.kernel_size, spk18.maxpool.stride, spk18.maxpool.padding) == (3, 2, 1)
 

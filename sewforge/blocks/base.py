@@ -56,10 +56,17 @@ def _positive_int(name: str, value: Any, owner: str) -> int:
 class ResidualBlock(nn.Module):
     """Base of the blocks: holds the common arguments and implements the shared checks.
 
-    Subclasses build their layers in ``__init__`` (after calling this one), name the last batch
-    norm and the last neuron in ``_last_bn_name`` / ``_sn_last_name``, and implement ``forward``.
+    Subclasses build the residual branch in ``__init__`` (after calling this one), name the last
+    batch norm and the last neuron in ``_last_bn_name`` / ``_sn_last_name``, implement ``residual``
+    (the input of ``sn_last`` before any shortcut), call :meth:`_add_shortcut` last, and say how
+    the shortcut joins with the class attribute ``join``; ``forward`` is shared.
     ``sn_last`` is the neuron whose output is A (SEW, plain) or the block output (Spiking ResNet).
     """
+
+    #: how the shortcut joins the branch: "sew" (``O = g(SN(F(S)), S)``, a downsample shortcut
+    #: ends in a neuron, Fig. 2b), "add_before_sn" (Spiking ResNet, ``O = SN(F(S) + S)``, downsample
+    #: conv-BN without neuron, Fig. 2a) or "none" (plain block).
+    join: str = "sew"
 
     #: output channels of the block = ``width * expansion`` in the torchvision sense.
     expansion: int = 1
@@ -107,6 +114,32 @@ class ResidualBlock(nn.Module):
     def conv(self, cin: int, cout: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
         return nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
                          bias=False)
+
+    def _add_shortcut(self) -> None:
+        """The downsample shortcut (conv1x1(stride)-BN, plus SN for SEW blocks) where stride or
+        channels change, then zero-init; called at the end of the subclasses' ``__init__``."""
+        self.downsample = None
+        if self.join != "none" and self.has_downsample:
+            self.downsample = nn.Sequential(self.conv(self.in_channels, self.out_channels, 1, self.stride),
+                                            nn.BatchNorm2d(self.out_channels))
+        self.downsample_sn = self.new_neuron() if self.join == "sew" and self.downsample is not None else None
+        if self.zero_init:
+            self.zero_init_()
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        y = self.residual(x)
+        if self.join == "none":
+            return self.sn_last(y)
+        shortcut = x if self.downsample is None else seq_fold(self.downsample, x)
+        if self.join == "add_before_sn":
+            return self.sn_last(y + shortcut)
+        if self.downsample_sn is not None:
+            shortcut = self.downsample_sn(shortcut)
+        return self.combine(y, shortcut)
 
     # -- public API -----------------------------------------------------------------------
     @property

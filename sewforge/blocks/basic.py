@@ -6,7 +6,6 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from ..layers import seq_fold
 from ..registry import BLOCKS
 from .base import NeuronFactory, ResidualBlock, conv_bn
 
@@ -19,7 +18,7 @@ class _TwoConvBlock(ResidualBlock):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
                  neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
-                 kernel_size: int = 3, fuse: bool = True, shortcut: bool = True):
+                 kernel_size: int = 3, fuse: bool = True):
         super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
                          kernel_size=kernel_size, fuse=fuse)
         k = self.kernel_size
@@ -29,10 +28,7 @@ class _TwoConvBlock(ResidualBlock):
         self.conv2 = self.conv(self.out_channels, self.out_channels, k)
         self.bn2 = nn.BatchNorm2d(self.out_channels)
         self.sn2 = self.new_neuron()
-        self.downsample = None
-        if shortcut and self.has_downsample:
-            self.downsample = nn.Sequential(self.conv(self.in_channels, self.out_channels, 1, self.stride),
-                                            nn.BatchNorm2d(self.out_channels))
+        self._add_shortcut()
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """``BN(conv(SN(BN(conv(x)))))``: the input of ``sn_last`` before any shortcut."""
@@ -50,20 +46,6 @@ class SEWBlock(_TwoConvBlock):
 
     uses_g = True
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
-                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
-                 kernel_size: int = 3, fuse: bool = True):
-        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
-                         kernel_size=kernel_size, fuse=fuse)
-        self.downsample_sn = self.new_neuron() if self.downsample is not None else None
-        if self.zero_init:
-            self.zero_init_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        shortcut = x if self.downsample is None else self.downsample_sn(seq_fold(self.downsample, x))
-        return self.combine(self.residual(x), shortcut)
-
 
 @BLOCKS.register("SpikingResNet", description="Spiking ResNet basic block (Fig. 1b, 2a): "
                                               "SN(S + BN(conv(SN(BN(conv(S)))))); downsample shortcut "
@@ -75,18 +57,7 @@ class SpikingResNetBlock(_TwoConvBlock):
     effect: the addition comes before the last neuron, not after it.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
-                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
-                 kernel_size: int = 3, fuse: bool = True):
-        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
-                         kernel_size=kernel_size, fuse=fuse)
-        if self.zero_init:
-            self.zero_init_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        shortcut = x if self.downsample is None else seq_fold(self.downsample, x)
-        return self.sn_last(self.residual(x) + shortcut)
+    join = "add_before_sn"
 
 
 @BLOCKS.register("Plain", description="plain block: the SEW block without its shortcut, "
@@ -95,14 +66,4 @@ class PlainBlock(_TwoConvBlock):
     """Two conv-BN-SN layers and no shortcut: the baseline that shows what the shortcut buys.
     ``fuse`` has no effect (there is nothing to combine)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
-                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
-                 kernel_size: int = 3, fuse: bool = True):
-        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
-                         kernel_size=kernel_size, fuse=fuse, shortcut=False)
-        if self.zero_init:
-            self.zero_init_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.sn_last(self.residual(x))
+    join = "none"

@@ -11,7 +11,6 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from ..layers import seq_fold
 from ..registry import BLOCKS
 from .base import NeuronFactory, ResidualBlock, _positive_int, conv_bn
 
@@ -47,10 +46,7 @@ class _Bottleneck(ResidualBlock):
         self.conv3 = self.conv(self.width, self.out_channels, 1)
         self.bn3 = nn.BatchNorm2d(self.out_channels)
         self.sn3 = self.new_neuron()
-        self.downsample = None
-        if self.has_downsample:
-            self.downsample = nn.Sequential(self.conv(self.in_channels, self.out_channels, 1, self.stride),
-                                            nn.BatchNorm2d(self.out_channels))
+        self._add_shortcut()
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """The input of ``sn_last`` before any shortcut."""
@@ -71,20 +67,6 @@ class SEWBottleneck(_Bottleneck):
 
     uses_g = True
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
-                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
-                 kernel_size: int = 3, fuse: bool = True, width: Optional[int] = None, groups: int = 1):
-        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
-                         kernel_size=kernel_size, fuse=fuse, width=width, groups=groups)
-        self.downsample_sn = self.new_neuron() if self.downsample is not None else None
-        if self.zero_init:
-            self.zero_init_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        shortcut = x if self.downsample is None else self.downsample_sn(seq_fold(self.downsample, x))
-        return self.combine(self.residual(x), shortcut)
-
 
 @BLOCKS.register("SpikingBottleneck", description="Spiking ResNet bottleneck (expansion 4): SN(S + BN(conv1x1("
                                                   "...))); downsample shortcut conv1x1-BN without SN",
@@ -92,15 +74,4 @@ class SEWBottleneck(_Bottleneck):
 class SpikingBottleneck(_Bottleneck):
     """Spiking ResNet form of the bottleneck: ``O = SN(S + F(S))``; ``fuse`` has no effect."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
-                 neuron: Union[str, NeuronFactory], g: Any = "ADD", zero_init: bool = False,
-                 kernel_size: int = 3, fuse: bool = True, width: Optional[int] = None, groups: int = 1):
-        super().__init__(in_channels, out_channels, stride, neuron=neuron, g=g, zero_init=zero_init,
-                         kernel_size=kernel_size, fuse=fuse, width=width, groups=groups)
-        if self.zero_init:
-            self.zero_init_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        shortcut = x if self.downsample is None else seq_fold(self.downsample, x)
-        return self.sn_last(self.residual(x) + shortcut)
+    join = "add_before_sn"
