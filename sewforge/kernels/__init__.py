@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple
 import torch
 
 from .._triton import HAS_TRITON, interpreting
-from .reference import compute_dtype, multistep_reference
+from .reference import multistep_reference
 
 __all__ = ["multistep_neuron", "resolve_backend", "HAS_TRITON", "BACKENDS"]
 
