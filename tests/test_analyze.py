@@ -16,14 +16,6 @@ from sewforge.cli import main
 
 SHAPE = (2, 8, 8)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP's overhead, which dominates on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 SEW = "c8k3s1-BN-IF-{SEW(c8)}*4-FC4"
 SPIKING = "c8k3s1-BN-IF-{SpikingResNet(c8)}*4-FC4"
 

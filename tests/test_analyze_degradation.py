@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch
 
 from sewforge.analysis import AnalysisError, degradation_spec
 from sewforge.cli import main
@@ -14,14 +13,6 @@ from sewforge.models import create_model
 TINY = ["--depths", "1", "2", "--epochs", "1", "--T", "2", "--batch", "8", "--num-train", "16", "--num-test", "8",
         "--size", "16", "--width", "4", "--device", "cpu"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP's overhead, which dominates on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _read(path):

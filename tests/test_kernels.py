@@ -7,7 +7,6 @@ from hypothesis import given, settings, strategies as st
 
 import sewforge
 from sewforge import testing
-from sewforge.kernels import multistep_neuron
 from sewforge.kernels.multistep import specializations
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -1,5 +1,4 @@
 """Neuron modules: the paper's dynamics, SpikingJelly-compatible arguments, and bad input."""
-import math
 
 import numpy as np
 import pytest

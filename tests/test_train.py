@@ -83,10 +83,7 @@ def _test_components():
 
     DATASETS.add(DATASET, Bars, description="test bars")
     MODELS.add(MODEL, TinyNet, description="test net")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these networks are too small to gain from threads, and the cores are shared
     yield
-    torch.set_num_threads(threads)
     DATASETS.unregister(DATASET)
     MODELS.unregister(MODEL)
 
