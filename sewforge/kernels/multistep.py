@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -43,7 +43,8 @@ from ..surrogates import Surrogate
 from .._triton import interpreting, jit, tl
 from .reference import compute_dtype
 
-__all__ = ["KernelSpec", "specialize", "specializations", "multistep_triton", "fill_outputs_with"]
+__all__ = ["KernelSpec", "specialize", "specializations", "multistep_triton", "fill_outputs_with",
+           "compile_ahead"]
 
 _OUTPUT_FILL: Optional[float] = None
 
@@ -190,6 +191,23 @@ class KernelSpec:
     hard_reset: bool
     detach_reset: bool
 
+    def forward_constants(self, *, has_v0: bool, store_vt: bool, save_h: bool, block: int, cd) -> Dict[str, Any]:
+        """The ``tl.constexpr`` arguments of the forward kernel for this specialisation."""
+        has_g = self.g is not None
+        return dict(CHARGE=self.charge.triton_charge, G=self.g.triton_fn if has_g else _no_g, HAS_G=has_g,
+                    HARD_RESET=self.hard_reset, HAS_V0=has_v0, STORE_VT=store_vt, SAVE_H=save_h,
+                    BLOCK=block, CD=cd)
+
+    def backward_constants(self, *, has_dp: bool, needs_x: bool, has_v0: bool, block: int, cd) -> Dict[str, Any]:
+        """The ``tl.constexpr`` arguments of the backward kernel for this specialisation."""
+        has_g = self.g is not None
+        ch = self.charge
+        return dict(DH_DV=ch.triton_dh_dv, DH_DX=ch.triton_dh_dx, DH_DP=ch.triton_dh_dp if has_dp else ch.triton_dh_dx,
+                    SG=self.surrogate.triton_derivative,
+                    G_DA=self.g.triton_dg_da if has_g else _no_g, G_DS=self.g.triton_dg_ds if has_g else _no_g,
+                    HAS_G=has_g, HAS_DP=has_dp, NEEDS_X=needs_x, HARD_RESET=self.hard_reset,
+                    DETACH_RESET=self.detach_reset, HAS_V0=has_v0, BLOCK=block, CD=cd)
+
     def describe(self) -> str:
         reset = "hard" if self.hard_reset else "soft"
         g = f" -> g={self.g.name}" if self.g is not None else ""
@@ -209,6 +227,11 @@ def specialize(charge: ChargeEquation, surrogate: Surrogate, g: Optional[Element
 def specializations() -> Dict[str, int]:
     """Specialisations used so far in this process, with how often each was launched."""
     return {spec.describe(): n for spec, n in _SPECS.items()}
+
+
+# No multiply-add contraction: the charge must round exactly as the PyTorch reference does, so
+# that both fire on the same elements (the kernels are bound by memory, not arithmetic).
+_LAUNCH_OPTIONS: Dict[str, Any] = {} if interpreting() else {"enable_fp_fusion": False}
 
 
 def _block_size(n: int) -> int:
@@ -241,9 +264,9 @@ class _MultiStepFunction(torch.autograd.Function):
             _multistep_fwd[grid](
                 x_c, sc, out, h, p, v0_c, vt, n, T, float(v_threshold),
                 float(v_reset if v_reset is not None else 0.0),
-                CHARGE=spec.charge.triton_charge, G=spec.g.triton_fn if has_g else _no_g,
-                HAS_G=has_g, HARD_RESET=spec.hard_reset, HAS_V0=v0 is not None,
-                STORE_VT=need_vt, SAVE_H=needs_grad, BLOCK=block, CD=_tl_dtype(cd),
+                **spec.forward_constants(has_v0=v0 is not None, store_vt=need_vt, save_h=needs_grad, block=block,
+                                         cd=_tl_dtype(cd)),
+                **_LAUNCH_OPTIONS,
             )
         elif need_vt:
             vt.copy_(v0 if v0 is not None else torch.full_like(vt, v_reset or 0.0))
@@ -279,12 +302,9 @@ class _MultiStepFunction(torch.autograd.Function):
                 v0 if v0 is not None else h, gx, gsc, gp_partial,
                 n, T, ctx.v_threshold, float(ctx.v_reset if ctx.v_reset is not None else 0.0),
                 float(ctx.surrogate.alpha),
-                DH_DV=spec.charge.triton_dh_dv, DH_DX=spec.charge.triton_dh_dx,
-                DH_DP=spec.charge.triton_dh_dp if has_dp else spec.charge.triton_dh_dx,
-                SG=ctx.surrogate.triton_derivative,
-                G_DA=spec.g.triton_dg_da if has_g else _no_g, G_DS=spec.g.triton_dg_ds if has_g else _no_g,
-                HAS_G=has_g, HAS_DP=has_dp, NEEDS_X=x_saved is not None, HARD_RESET=spec.hard_reset,
-                DETACH_RESET=spec.detach_reset, HAS_V0=v0 is not None, BLOCK=block, CD=_tl_dtype(cd),
+                **spec.backward_constants(has_dp=has_dp, needs_x=x_saved is not None, has_v0=v0 is not None,
+                                          block=block, cd=_tl_dtype(cd)),
+                **_LAUNCH_OPTIONS,
             )
         else:
             gx.zero_()
@@ -314,3 +334,51 @@ def multistep_triton(x, charge, params, surrogate, v_threshold, v_reset, detach_
     out, vt = _MultiStepFunction.apply(x, params, shortcut if g is not None else None, v0, spec, surrogate,
                                        v_threshold, v_reset, need_vt)
     return out, vt
+
+
+_PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
+
+
+def compile_ahead(spec: KernelSpec, dtype: torch.dtype = torch.float16, *, arch: int = 90,
+                  block: int = 1024, training: bool = True) -> Dict[str, Any]:
+    """Compile this specialisation's forward (and backward) kernels for an NVIDIA GPU of compute
+    capability ``arch`` (90 = H100) without needing one: Triton's real compiler down to a cubin.
+
+    Returns ``{"forward": CompiledKernel, "backward": CompiledKernel or None}``. Used by the tests
+    to check on a machine without a GPU that every kernel compiles, and to inspect the PTX.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if interpreting():
+        raise RuntimeError("compile_ahead needs Triton's compiler: unset TRITON_INTERPRET in this process")
+    if dtype not in _PTR:
+        raise ValueError(f"compile_ahead: dtype {dtype} is not one of {', '.join(map(str, _PTR))}")
+    cd = compute_dtype(dtype)
+    x_ptr, c_ptr = _PTR[dtype], _PTR[cd]
+    target = GPUTarget("cuda", arch, 32)
+
+    def build(kernel, pointers: Dict[str, str], scalars: Dict[str, str], constants: Dict[str, Any]):
+        sig = {**pointers, **scalars, **{k: "constexpr" for k in constants}}
+        names = kernel.arg_names
+        missing = set(names) - set(sig)
+        if missing:
+            raise RuntimeError(f"compile_ahead: no signature for kernel arguments {sorted(missing)}")
+        constexprs = {(names.index(k),): v for k, v in constants.items()}
+        return triton.compile(ASTSource(kernel, {k: sig[k] for k in names}, constexprs), target=target,
+                              options={"enable_fp_fusion": False})
+
+    fwd = build(_multistep_fwd,
+                dict(X=x_ptr, SC=x_ptr, OUT=x_ptr, H=c_ptr, P=c_ptr, V0=c_ptr, VT=c_ptr),
+                dict(N="i32", T="i32", v_th="fp32", v_reset="fp32"),
+                spec.forward_constants(has_v0=False, store_vt=False, save_h=training, block=block, cd=_tl_dtype(cd)))
+    bwd = None
+    if training:
+        bwd = build(_multistep_bwd,
+                    dict(GO=x_ptr, X=x_ptr, H=c_ptr, SC=x_ptr, P=c_ptr, V0=c_ptr, GX=x_ptr, GSC=x_ptr, GP=c_ptr),
+                    dict(N="i32", T="i32", v_th="fp32", v_reset="fp32", alpha="fp32"),
+                    spec.backward_constants(has_dp=spec.charge.triton_dh_dp is not None,
+                                            needs_x=spec.charge.needs_input_in_backward, has_v0=False,
+                                            block=block, cd=_tl_dtype(cd)))
+    return {"forward": fwd, "backward": bwd}
