@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Optional, Sequence, Tuple
+import os
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["DatasetFormatError", "DatasetNotFoundError", "FrameDatasetBase",
-           "check_choice", "check_positive_int", "check_number"]
+__all__ = ["DatasetFormatError", "DatasetNotFoundError", "FrameDatasetBase", "SampleListDataset",
+           "check_root", "check_choice", "check_positive_int", "check_number"]
 
 
 class DatasetFormatError(ValueError):
@@ -65,6 +67,28 @@ class FrameDatasetBase(Dataset):
         split = getattr(self, "split", "?")
         return (f"{type(self).__name__}(split={split!r}, samples={len(self)}, classes={self.num_classes}, "
                 f"input_shape={self.input_shape}, T={self.T})")
+
+
+class SampleListDataset(FrameDatasetBase):
+    """A dataset whose samples are a list ``self.samples`` of ``(path, label)``, one file each."""
+
+    samples: List[Tuple[str, int]]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def label_of(self, index: int) -> int:
+        return self.samples[index][1]
+
+
+def check_root(root: Optional[os.PathLike], name: str, layout: str) -> Path:
+    """The data set's folder, or an error that names it and shows the expected layout."""
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs root=<folder> (no download is made).\n{layout}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"dataset {name!r}: folder {path} does not exist.\n{layout}")
+    return path
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..registry import natural_key
-from .base import (DatasetFormatError, DatasetNotFoundError, FrameDatasetBase, check_choice, check_number,
+from .base import (DatasetFormatError, DatasetNotFoundError, SampleListDataset, check_choice, check_root, check_number,
                    check_positive_int)
 from .cache import FrameJob, convert_recordings, frames_dirname, load_frames, remove_stale_temp_files
 from .events import SPLIT_METHODS
@@ -41,19 +41,13 @@ CIFAR10DVS_URL = "https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671"
 Transform = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
 
-class EventFrameFolder(FrameDatasetBase):
+class EventFrameFolder(SampleListDataset):
     """Samples stored as frames files ``[T, 2, H, W]``, one file per sample, loaded on access."""
 
     def __init__(self, samples: Sequence[Tuple[str, int]], *, classes: Sequence[str], T: int, H: int, W: int,
                  transform: Transform = None):
         super().__init__(classes=classes, input_shape=(2, H, W), T=T, transform=transform)
         self.samples = list(samples)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def label_of(self, index: int) -> int:
-        return self.samples[index][1]
 
     def load(self, index: int) -> Tuple[torch.Tensor, int]:
         path, label = self.samples[index]
@@ -73,15 +67,6 @@ def _check_event_options(split: str, T: int, split_by: str, workers: Optional[in
     if workers is not None:
         workers = max(1, check_positive_int("workers", workers, minimum=0))
     return split, T, split_by, workers
-
-
-def _check_root(root: Optional[os.PathLike], name: str, layout: str) -> Path:
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs root=<folder> (no download is made).\n{layout}")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise DatasetNotFoundError(f"dataset {name!r}: folder {path} does not exist.\n{layout}")
-    return path
 
 
 def _frame_dirs(root: Path, cache_dir: Optional[os.PathLike], T: int, split_by: str) -> Tuple[List[Path], Path]:
@@ -234,7 +219,7 @@ class DVS128Gesture(EventFrameFolder):
                  split_by: str = "number", workers: Optional[int] = None, cache_dir: Optional[str] = None,
                  verbose: bool = True, transform: Transform = None):
         split, T, split_by, workers = _check_event_options(split, T, split_by, workers)
-        root_path = _check_root(root, "dvs128_gesture", _gesture_layout(Path(root or "<root>"), T, split_by))
+        root_path = check_root(root, "dvs128_gesture", _gesture_layout(Path(root or "<root>"), T, split_by))
         search, write = _frame_dirs(root_path, cache_dir, T, split_by)
         raw = _find_gesture_raw(root_path)
         if raw is not None:
@@ -291,7 +276,7 @@ class CIFAR10DVS(EventFrameFolder):
         train_ratio = check_number("train_ratio", train_ratio, minimum=0.0, maximum=1.0)
         if train_ratio == 0.0:
             raise ValueError("train_ratio must be in (0, 1], got 0")
-        root_path = _check_root(root, "cifar10_dvs", _cifar10dvs_layout(Path(root or "<root>"), T, split_by))
+        root_path = check_root(root, "cifar10_dvs", _cifar10dvs_layout(Path(root or "<root>"), T, split_by))
         search, write = _frame_dirs(root_path, cache_dir, T, split_by)
         raw = _find_cifar10dvs_raw(root_path)
         samples: List[Tuple[str, int]] = []

@@ -16,7 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .base import DatasetFormatError, DatasetNotFoundError, FrameDatasetBase, check_choice, check_positive_int
+from .base import (DatasetFormatError, DatasetNotFoundError, FrameDatasetBase, SampleListDataset, check_choice,
+                   check_positive_int, check_root)
 
 __all__ = ["ImageNetFolder", "CIFAR10Batches", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR10_MEAN", "CIFAR10_STD",
            "imagenet_transform", "read_cifar10_batch", "CIFAR10_URL"]
@@ -40,15 +41,6 @@ def _torchvision():
     return torchvision, transforms
 
 
-def _check_root(root: Optional[os.PathLike], name: str, layout: str) -> Path:
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs root=<folder> (no download is made). {layout}")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise DatasetNotFoundError(f"dataset {name!r}: folder {path} does not exist. {layout}")
-    return path
-
-
 # -- ImageNet ------------------------------------------------------------------------------------
 def imagenet_transform(split: str, image_size: int = 224, augment: bool = True):
     """The paper's ImageNet preprocessing (PIL image -> normalised float tensor)."""
@@ -64,7 +56,7 @@ def _class_folders(folder: Path) -> List[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-class ImageNetFolder(FrameDatasetBase):
+class ImageNetFolder(SampleListDataset):
     """ImageNet-style data: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG``.
 
     Class indices follow the sorted class-folder names of ``train/`` (also for ``val/``, which must
@@ -81,7 +73,7 @@ class ImageNetFolder(FrameDatasetBase):
         image_size = check_positive_int("image_size", image_size, minimum=8)
         if not isinstance(augment, bool):
             raise ValueError(f"augment must be True or False, got {augment!r}")
-        root_path = _check_root(root, "imagenet", self.LAYOUT)
+        root_path = check_root(root, "imagenet", self.LAYOUT)
         sub = "train" if split == "train" else "val"
         folder = root_path / sub
         if not folder.is_dir():
@@ -109,12 +101,6 @@ class ImageNetFolder(FrameDatasetBase):
         super().__init__(classes=classes, input_shape=(3, image_size, image_size), T=None, transform=transform)
         self.root, self.split, self.augment = root_path, split, augment
         self.preprocess = imagenet_transform(split, image_size, augment)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def label_of(self, index: int) -> int:
-        return self.samples[index][1]
 
     def load(self, index: int) -> Tuple[torch.Tensor, int]:
         from PIL import Image, UnidentifiedImageError
@@ -198,7 +184,7 @@ class CIFAR10Batches(FrameDatasetBase):
         split = check_choice("split", split, ("train", "test"))
         if not isinstance(augment, bool):
             raise ValueError(f"augment must be True or False, got {augment!r}")
-        root_path = _check_root(root, "cifar10", self.LAYOUT)
+        root_path = check_root(root, "cifar10", self.LAYOUT)
         folder = root_path / "cifar-10-batches-py"
         if not folder.is_dir():
             folder = root_path
