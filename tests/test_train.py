@@ -441,3 +441,31 @@ def test_two_process_ddp_run_ends_with_identical_weights(tmp_path):
     assert saved["world_size"] == 2 and len(saved["rng"]) == 2
     for k in s0:
         assert torch.equal(saved["model"][k], s0[k]), k
+
+
+def test_evaluation_reports_top1_and_top5_accuracy():
+    """Table 2 reports Acc@1 and Acc@5: the evaluation computes both (top-5 only with >= 5 classes)."""
+    from sewforge.train.distributed import DistContext
+    from sewforge.train.engine import FiringRateMeter, _evaluate
+    from sewforge.train.recipe import recipe_from_dict
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.logits = logits
+
+        def forward(self, x):
+            return self.logits[x.reshape(x.shape[0], -1)[:, 0].long()]
+
+    # four samples of class 0, which ranks 1st, 2nd, 6th and 5th among 6 classes
+    ranks = torch.tensor([[9., 1, 2, 3, 4, 5], [8, 9, 1, 2, 3, 4], [1, 5, 4, 3, 2, 9], [2, 9, 8, 7, 6, 1]])
+    y = torch.tensor([0, 0, 0, 0])
+    x = torch.arange(4.0).reshape(4, 1)  # the sample index, read back by Fixed
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    recipe = recipe_from_dict({"model": {"name": SPEC}, "data": {"name": "synthetic", "T": 1}})
+    model = Fixed(ranks)
+    stats = _evaluate(DistContext(), model, loader, recipe, FiringRateMeter(model), progress=False)
+    assert stats.acc == pytest.approx(25.0) and stats.acc5 == pytest.approx(75.0)
+    three = Fixed(ranks[:, :3])
+    stats = _evaluate(DistContext(), three, loader, recipe, FiringRateMeter(three), progress=False)
+    assert math.isnan(stats.acc5)

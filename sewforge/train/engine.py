@@ -9,6 +9,7 @@ bit for bit where an uninterrupted run would be.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ class _EpochStats:
     loss: float
     acc: float
     firing_rate: float = float("nan")
+    acc5: float = float("nan")  # top-5 accuracy (Table 2's Acc@5); NaN with fewer than 5 classes
 
 
 def _train_epoch(ctx: DistContext, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -251,6 +253,7 @@ def _evaluate(ctx: DistContext, model: nn.Module, loader: DataLoader, recipe: Re
     bar = Progress(len(loader), desc, enabled=progress and ctx.is_main)
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
+    correct5 = torch.zeros((), dtype=torch.int64, device=dev)
     count = 0
     with meter.measuring():
         for step, (x, y) in enumerate(loader, 1):
@@ -260,14 +263,17 @@ def _evaluate(ctx: DistContext, model: nn.Module, loader: DataLoader, recipe: Re
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
+            if logits.shape[1] >= 5:
+                correct5 += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
             count += y.shape[0]
             if bar.enabled:
                 bar.update(step)
         spikes, outputs = meter.totals()
-    sums = all_reduce_sum(ctx, [float(loss_sum), float(correct), float(count), spikes, outputs])
+        top5 = logits.shape[1] >= 5 if count else False
+    sums = all_reduce_sum(ctx, [float(loss_sum), float(correct), float(count), spikes, outputs, float(correct5)])
     n = max(sums[2], 1.0)
     rate = sums[3] / sums[4] if sums[4] > 0 else float("nan")
-    return _EpochStats(sums[0] / n, 100.0 * sums[1] / n, rate)
+    return _EpochStats(sums[0] / n, 100.0 * sums[1] / n, rate, 100.0 * sums[5] / n if top5 else float("nan"))
 
 
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, recipe: Recipe, device: torch.device,
@@ -463,7 +469,8 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
             if improved:
                 best_acc, best_epoch = te.acc, epoch + 1
             row = {"epoch": epoch + 1, "train_loss": tr.loss, "train_acc": tr.acc, "test_loss": te.loss,
-                   "test_acc": te.acc, "best_test_acc": best_acc, "lr": lr, "seconds": time.perf_counter() - t0,
+                   "test_acc": te.acc, "test_acc5": te.acc5, "best_test_acc": best_acc, "lr": lr,
+                   "seconds": time.perf_counter() - t0,
                    "firing_rate": te.firing_rate}
             history.append(row)
             rngs = all_gather_objects(ctx, capture_rng())
@@ -510,9 +517,10 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Union[str, Path], *, progres
                          _ShardSampler(len(test_set), ctx.rank, ctx.world_size), recipe, ctx.device, False)
         stats = _evaluate(ctx, model, loader, recipe, FiringRateMeter(model), progress)
         result = {"epoch": int(ckpt.get("epoch", 0)), "test_loss": stats.loss, "test_acc": stats.acc,
-                  "firing_rate": stats.firing_rate, "samples": len(test_set)}
+                  "test_acc5": stats.acc5, "firing_rate": stats.firing_rate, "samples": len(test_set)}
         if ctx.is_main:
-            log(f"{checkpoint} (epoch {result['epoch']}): test loss {stats.loss:.4f}  acc {stats.acc:.2f}%  "
+            top5 = "" if math.isnan(stats.acc5) else f"  top-5 {stats.acc5:.2f}%"
+            log(f"{checkpoint} (epoch {result['epoch']}): test loss {stats.loss:.4f}  acc {stats.acc:.2f}%{top5}  "
                 f"firing rate {stats.firing_rate:.3f}  ({len(test_set)} samples, T={recipe.data.T})")
         return result
     finally:

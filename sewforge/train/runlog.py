@@ -24,8 +24,8 @@ from .checkpoint import atomic_write_bytes, atomic_write_text
 
 __all__ = ["SUMMARY_COLUMNS", "RUN_FILES", "RunLog", "Progress", "read_summary"]
 
-SUMMARY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "best_test_acc", "lr", "seconds",
-                   "firing_rate")
+SUMMARY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc5", "best_test_acc", "lr",
+                   "seconds", "firing_rate")
 #: Files and folders a run writes (and ``--overwrite`` removes).
 RUN_FILES = ("args.yaml", "summary.csv", "last.pt", "best.pt", "curves.png", "tensorboard")
 
