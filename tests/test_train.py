@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import math
 import os
 import socket
@@ -283,11 +284,14 @@ def test_run_folder_contents_and_exact_resume(tmp_path, capsys):
 
     # the run folder
     names = {p.name for p in full.iterdir()}
-    assert {"args.yaml", "summary.csv", "last.pt", "best.pt", "curves.png", "tensorboard"} <= names
+    assert {"args.yaml", "summary.csv", "last.pt", "best.pt", "curves.png"} <= names
     assert not [n for n in names if ".tmp" in n]
     assert load_recipe(full / "args.yaml") == load_recipe(recipe, [f"output={full}"])
     assert (full / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any(p.name.startswith("events.out.tfevents") for p in (full / "tensorboard").iterdir())
+    if importlib.util.find_spec("tensorboard") is not None:  # TensorBoard events only where it is installed
+        assert any(p.name.startswith("events.out.tfevents") for p in (full / "tensorboard").iterdir())
+    else:
+        assert "tensorboard" not in names
     table = rows(full)
     assert tuple(table[0]) == SUMMARY_COLUMNS and [r["epoch"] for r in table] == ["1", "2"]
     for r in table:
