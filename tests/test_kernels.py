@@ -119,3 +119,26 @@ def test_second_backward_through_retained_graph_is_identical(device):
     g1 = torch.autograd.grad(out.sum(), x, retain_graph=True)[0]
     g2 = torch.autograd.grad(out.sum(), x)[0]
     assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("g", [None, "AND"])
+def test_zero_step_sequence_gives_empty_output_and_rest_state(backend, g):
+    n = sewforge.create_neuron("PLIF", backend=backend, stateful=True, v_reset=-0.25)
+    x = torch.randn(0, 3, requires_grad=True)
+    s = torch.ones(0, 3, dtype=torch.float64) if g else None
+    out = n(x, shortcut=s, g=g)
+    assert out.shape == (0, 3) and out.dtype == (torch.float64 if g else torch.float32)
+    assert torch.equal(n.v, torch.full((3,), -0.25))
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_double_backward_through_the_kernel_is_refused_not_silently_zero(device):
+    x = torch.randn(4, 6, device=device, requires_grad=True)
+    out = sewforge.create_neuron("LIF", backend="triton")(x)
+    weights = torch.arange(24.0, device=device).reshape(4, 6)
+    (gx,) = torch.autograd.grad((out * weights).sum(), x, create_graph=True)
+    # a gradient penalty next to another term must not silently contribute nothing
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        (gx.pow(2).sum() + x.sum()).backward()

@@ -314,7 +314,27 @@ class _MultiStepFunction(torch.autograd.Function):
             gp = torch.zeros_like(p)
             if has_dp:
                 gp[0] = gp_partial.sum()  # a full reduction over every element and step
+        if torch.is_grad_enabled():  # create_graph=True: the kernel's gradients have no derivative
+            anchor = torch.zeros(0, device=h.device, requires_grad=True)  # puts the marker in the graph
+            gx, gp, gsc = (_NotTwiceDifferentiable.apply(t, anchor) if t is not None else None
+                           for t in (gx, gp, gsc))
         return gx, gp, (gsc if has_g else None), None, None, None, None, None, None
+
+
+class _NotTwiceDifferentiable(torch.autograd.Function):
+    """Marks a gradient computed by the backward kernel: differentiating it again raises (rather
+    than silently treating it as a constant, as a plain kernel output would be)."""
+
+    @staticmethod
+    def forward(ctx, grad, anchor):  # type: ignore[override]
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, _grad):  # type: ignore[override]
+        raise RuntimeError(
+            "sewforge's Triton neuron kernel cannot differentiate twice through its own backward "
+            "(create_graph=True, e.g. a gradient penalty); use backend='torch' (SEWFORGE_BACKEND=torch) "
+            "for higher-order gradients")
 
 
 def triton_cdiv(a: int, b: int) -> int:

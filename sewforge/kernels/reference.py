@@ -41,6 +41,10 @@ def multistep_reference(
     v_rest = 0.0 if v_reset is None else float(v_reset)
     p = params.to(cd)
     v = torch.full(x.shape[1:], v_rest, dtype=cd, device=x.device) if v0 is None else v0.to(cd)
+    out_dtype = x.dtype if g is None else torch.promote_types(x.dtype, shortcut.dtype)
+    if x.shape[0] == 0:  # no step: empty output (still connected to the graph), state at rest
+        empty = x.to(out_dtype) if g is None else x.to(out_dtype) + shortcut.to(out_dtype)
+        return empty, v
     outs = []
     for t in range(x.shape[0]):
         h = charge.torch_charge(v, x[t].to(cd), p, v_rest)
@@ -51,5 +55,5 @@ def multistep_reference(
         else:
             v = h * (1.0 - s_r) + v_reset * s_r
         o = s if g is None else g.torch_fn(s, shortcut[t].to(cd))
-        outs.append(o.to(x.dtype if g is None else torch.promote_types(x.dtype, shortcut.dtype)))
+        outs.append(o.to(out_dtype))
     return torch.stack(outs), v
