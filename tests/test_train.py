@@ -473,3 +473,13 @@ def test_evaluation_reports_top1_and_top5_accuracy():
     three = Fixed(ranks[:, :3])
     stats = _evaluate(DistContext(), three, loader, recipe, FiringRateMeter(three), progress=False)
     assert math.isnan(stats.acc5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_asking_for_a_missing_gpu_is_an_error_message_not_a_traceback(tmp_path, capsys, device):
+    recipe = tiny_recipe(tmp_path, device=device)
+    assert main([str(recipe), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "device=cpu" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

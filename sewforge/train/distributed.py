@@ -43,11 +43,14 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available; use device=cpu or auto")
+            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use device=cpu or auto")
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec!r} was asked for but no CUDA GPU is available; use device=cpu or auto")
+        raise ValueError(f"device {spec!r} was asked for but no CUDA GPU is available; use device=cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered "
+                         f"from 0; use device=cuda:0 ... cuda:{torch.cuda.device_count() - 1} or auto")
     return device
 
 
