@@ -19,7 +19,7 @@ from sewforge.kernels import HAS_TRITON
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
-    import itertools, json, torch
+    import itertools, json, re, torch
     from sewforge.elementwise import create_elementwise
     from sewforge.kernels.multistep import compile_ahead, specialize
     from sewforge.neurons import IF_CHARGE, LIF_CHARGE, LIF_CHARGE_NO_DECAY_INPUT
@@ -40,9 +40,11 @@ SCRIPT = textwrap.dedent("""
         spec = specialize(charge, create_surrogate(sg), create_elementwise(g) if g else None, hard, detach)
         k = compile_ahead(spec, dtype, arch=arch)
         ptx = k["forward"].asm["ptx"] + k["backward"].asm["ptx"]
+        ttir = k["forward"].asm["ttir"] + k["backward"].asm["ttir"]
         out.append(dict(case=spec.describe() + f" {dtype} sm_{arch}",
                         cubin=all(len(k[p].asm["cubin"]) > 0 for p in ("forward", "backward")),
-                        fma="fma.rn.f32" in ptx))
+                        fma="fma.rn.f32" in ptx,
+                        mul32=[m.group(0) for m in re.finditer(r"arith.muli[^:]*: i32", ttir)]))
     print(json.dumps(out))
 """)
 
@@ -59,3 +61,5 @@ def test_kernels_compile_for_hopper_and_ampere_without_fused_multiply_add():
         assert c["cubin"], c["case"]
         # the charge must round as the PyTorch reference does: no multiply-add contraction
         assert not c["fma"], c["case"]
+        # element offsets t * N reach past 2**31 on large activations (T * N elements): 64-bit only
+        assert not c["mul32"], (c["case"], c["mul32"])

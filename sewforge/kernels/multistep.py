@@ -104,8 +104,9 @@ def _multistep_fwd(
     mask = offs < N
     v_rest = v_reset  # the host passes 0 for a soft reset
     v = _initial_state(V0, offs, mask, v_rest, HAS_V0, BLOCK, CD)
+    n64 = tl.cast(N, tl.int64)  # t * N passes 2**31 on large activations
     for t in range(T):
-        idx = offs + t * N
+        idx = offs + t * n64
         x = tl.load(X + idx, mask=mask, other=0.0).to(CD)
         h = CHARGE(v, x, P, v_rest).to(CD)
         s = (h >= v_th).to(CD)
@@ -138,12 +139,13 @@ def _multistep_bwd(
     v_init = _initial_state(V0, offs, mask, v_rest, HAS_V0, BLOCK, CD)
     grad_v = tl.zeros([BLOCK], CD)  # dL/dV[t], carried backwards in time
     dp = tl.zeros([BLOCK], CD)
-    h = tl.load(H + offs + (T - 1) * N, mask=mask, other=0.0)
+    n64 = tl.cast(N, tl.int64)  # t * N passes 2**31 on large activations
+    h = tl.load(H + offs + (T - 1) * n64, mask=mask, other=0.0)
     for i in range(T):
         t = T - 1 - i
-        idx = offs + t * N
+        idx = offs + t * n64
         # V[t-1] is rebuilt from H[t-1] (or the initial state at t = 0)
-        h_prev = tl.load(H + idx - N, mask=mask & (t > 0), other=0.0)
+        h_prev = tl.load(H + idx - n64, mask=mask & (t > 0), other=0.0)
         v_prev = _reset(h_prev, (h_prev >= v_th).to(CD), v_rest, v_th, HARD_RESET)
         v_prev = tl.where(t > 0, v_prev, v_init)
 
