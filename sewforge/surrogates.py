@@ -79,7 +79,9 @@ class _SpikeFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        return grad * ctx.surrogate.derivative(x.float()).to(grad.dtype), None
+        # fp16/bf16 are evaluated in fp32; fp64 keeps its precision (gradcheck, the reference in fp64)
+        xc = x if x.dtype == torch.float64 else x.float()
+        return grad * ctx.surrogate.derivative(xc).to(grad.dtype), None
 
 
 def spike(x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import sewforge
 from sewforge.surrogates import spike
@@ -59,3 +59,24 @@ def test_bad_surrogate_arguments(call, needle):
     with pytest.raises((ValueError, KeyError, TypeError)) as exc:
         call()
     assert needle in str(exc.value)
+
+
+_KINKS = {"Rectangular": (-0.5, 0.5), "PiecewiseQuadratic": (-1.0, 0.0, 1.0)}
+
+
+@given(st.sampled_from(["ATan", "Sigmoid", "Rectangular", "PiecewiseQuadratic", "Constant", "ATanA5"]),
+       st.floats(-3, 3))
+def test_derivative_is_the_slope_of_the_primitive(name, x):
+    assume(all(abs(x - k) > 1e-4 for k in _KINKS.get(name, ())))
+    sg = sewforge.create_surrogate(name)
+    eps = 1e-6
+    p = sg.primitive(torch.tensor([x - eps, x + eps], dtype=torch.float64))
+    slope = ((p[1] - p[0]) / (2 * eps)).item()
+    assert sg.derivative(torch.tensor(x, dtype=torch.float64)).item() == pytest.approx(slope, rel=1e-5, abs=1e-7)
+
+
+def test_spike_backward_keeps_float64_precision():
+    x = torch.tensor([0.1, -0.3, 0.7], dtype=torch.float64, requires_grad=True)
+    sg = sewforge.create_surrogate("ATan", alpha=2.1)
+    spike(x, sg).sum().backward()
+    assert torch.allclose(x.grad, sg.derivative(x.detach()), rtol=1e-14, atol=0)
