@@ -38,9 +38,14 @@ class Surrogate:
         if len(args) > 1 or (args and kwargs) or set(kwargs) - {self.param_name}:
             raise ValueError(
                 f"surrogate {name} takes one parameter {self.param_name!r}, got args={args} kwargs={kwargs}")
-        value = float(args[0] if args else kwargs.get(self.param_name, self.default))
+        given = args[0] if args else kwargs.get(self.param_name, self.default)
+        try:
+            value = float(given)
+        except (TypeError, ValueError):
+            value = math.nan
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"surrogate {name}: {self.param_name} must be a finite number > 0, got {value}")
+            shown = value if isinstance(given, (int, float)) else repr(given)
+            raise ValueError(f"surrogate {name}: {self.param_name} must be a finite number > 0, got {shown}")
         self.alpha = value
 
     # reference definitions -------------------------------------------------------------

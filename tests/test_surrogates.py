@@ -54,6 +54,8 @@ def test_surrogates_compare_by_type_and_parameter():
     (lambda: sewforge.create_surrogate("Rectangular", a=math.inf), "a must be a finite number > 0"),
     (lambda: sewforge.create_surrogate("Arctan"), "did you mean"),
     (lambda: sewforge.create_surrogate(3), "must be a registered name or a Surrogate"),
+    (lambda: sewforge.create_surrogate("ATan", alpha="two"), "surrogate ATan: alpha must be a finite number > 0, "
+                                                             "got 'two'"),
 ])
 def test_bad_surrogate_arguments(call, needle):
     with pytest.raises((ValueError, KeyError, TypeError)) as exc:
