@@ -93,7 +93,13 @@ class Registry:
         version: Optional[str] = None,
         **meta: Any,
     ) -> Callable[[Any], Any]:
-        """Decorator: ``@NEURONS.register("PLIF", description=...)``."""
+        """Decorator: ``@NEURONS.register("PLIF", description=...)``, or bare ``@NEURONS.register``
+        (registers under the object's ``__name__``)."""
+        if name is not None and not isinstance(name, str):  # used bare: name is the object itself
+            obj = name
+            self.add(getattr(obj, "__name__", None), obj, description=description, package=package,
+                     version=version, **meta)
+            return obj
 
         def deco(obj: Any) -> Any:
             self.add(name or getattr(obj, "__name__"), obj, description=description,

@@ -60,6 +60,14 @@ def test_entries_carry_description_and_provenance(reg):
     assert reg.entry("resnet101").description == "deep"
 
 
+def test_bare_decorator_registers_under_the_object_name(reg):
+    @reg.register
+    class Widget:
+        pass
+
+    assert isinstance(Widget, type) and reg.get("widget") is Widget
+
+
 def test_unregister(reg):
     reg.unregister("vit")
     assert "ViT" not in reg
