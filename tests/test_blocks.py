@@ -120,6 +120,28 @@ def test_neurons_are_fresh_modules_from_the_factory():
     assert sum(1 for n, _ in block.named_parameters() if n.endswith(".w")) == 3
 
 
+class _Heaviside(nn.Module):
+    """A user's own neuron module: spikes only, no fused SEW op, no firing_input."""
+
+    def forward(self, x):
+        return (x >= 1).to(x.dtype)
+
+
+@pytest.mark.parametrize("g", ["ADD", "AND"])
+def test_a_plain_neuron_module_runs_unfused_even_with_fuse_on(g):
+    block = SEWBlock(4, 4, neuron=_Heaviside, g=g)
+    assert block.fuse
+    x = spikes(3, 2, 4, 5, 5)
+    with torch.no_grad():
+        a = block.sn_last(block.residual(x))
+        assert torch.equal(block(x), block.g(a, x))
+
+
+def test_zero_init_and_needs_a_neuron_with_firing_input():
+    with pytest.raises(ValueError, match="firing_input"):
+        SEWBlock(4, 4, neuron=_Heaviside, g="AND", zero_init=True)
+
+
 def test_neuron_may_be_given_by_name():
     block = SEWBlock(4, 4, neuron="LIF")
     assert type(block.sn1).__name__ == "LIFNode"

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..elementwise import ElementwiseFunction, create_elementwise
 from ..layers import seq_fold
-from ..neurons import create_neuron
+from ..neurons import BaseNeuron, create_neuron
 from ..registry import ELEMENTWISE
 
 __all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "iter_blocks", "unfused"]
@@ -171,7 +171,14 @@ class ResidualBlock(nn.Module):
         if bn.weight.is_meta:  # shapes only (parameter counting, profiling): no values to set
             return self
         bn.weight.zero_()
-        bias = self.sn_last.firing_input() if self.uses_g and self.g.identity_a == 1.0 else 0.0
+        bias = 0.0
+        if self.uses_g and self.g.identity_a == 1.0:
+            if not callable(getattr(self.sn_last, "firing_input", None)):
+                raise ValueError(
+                    f"{type(self).__name__}: zero_init with g={self.g.name} sets the last BN bias to "
+                    f"sn_last.firing_input(), but the neuron {type(self.sn_last).__name__} has no firing_input(); "
+                    "use a sewforge neuron (BaseNeuron), give yours a firing_input(), or use zero_init=False")
+            bias = self.sn_last.firing_input()
         bn.bias.fill_(bias)
         return self
 
@@ -201,7 +208,7 @@ class ResidualBlock(nn.Module):
     def combine(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """``g(sn_last(x), shortcut)``: one fused kernel, or two steps so hooks on sn_last see A."""
         g = self.g
-        if self.fuse:
+        if self.fuse and isinstance(self.sn_last, BaseNeuron):  # other neuron modules have no fused op
             return self.sn_last(x, shortcut=shortcut, g=g)
         return g(self.sn_last(x), shortcut)
 
