@@ -114,6 +114,10 @@ def test_shortcut_must_match_input():
         n(torch.randn(3, 5), shortcut=torch.zeros(3, 4), g="ADD")
     with pytest.raises(KeyError, match="unknown element-wise function 'XOR'"):
         n(torch.randn(3, 5), shortcut=torch.zeros(3, 5), g="XOR")
+    with pytest.raises(ValueError, match="shortcut was given without g; pass g="):
+        n(torch.randn(3, 5), shortcut=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="g='AND' was given without a shortcut"):
+        n(torch.randn(3, 5), g="AND")
 
 
 def test_backend_choice_is_validated(monkeypatch):

@@ -84,8 +84,13 @@ def multistep_neuron(
     from ..surrogates import create_surrogate
 
     _check(x, shortcut, v0, v_threshold, v_reset)
-    if (g is None) != (shortcut is None):
-        raise ValueError("the fused SEW op needs both g and shortcut (or neither)")
+    if shortcut is not None and g is None:
+        raise ValueError("the fused SEW op g(SN(X), S): a shortcut was given without g; pass g='ADD', 'AND' "
+                         "or 'IAND' (or no shortcut for plain spikes)")
+    if g is not None and shortcut is None:
+        name = g.name if hasattr(g, "name") else g
+        raise ValueError(f"the fused SEW op g(SN(X), S): g={name!r} was given without a shortcut; pass "
+                         "shortcut=S of the input's shape (or no g for plain spikes)")
     g_fn = create_elementwise(g) if g is not None else None
     sg = create_surrogate(surrogate)
     if resolve_backend(x, backend) == "triton":
