@@ -163,3 +163,14 @@ def test_neurons_and_sew_functions_pickle_and_deepcopy():
     n2 = pickle.loads(pickle.dumps(n))
     x = torch.randn(4, 3)
     assert torch.equal(n(x), n2(x)) and n2.surrogate == n.surrogate
+
+
+def test_kept_state_mismatch_names_shape_or_device():
+    n = sewforge.create_neuron("LIF", stateful=True)
+    n(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"kept state has shape \(3,\) but this input has \(4,\) per step"):
+        n(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="kept state is on cpu but this input is on meta"):
+        n(torch.randn(2, 3, device="meta"))
+    n.reset()
+    assert n(torch.randn(2, 4)).shape == (2, 4)

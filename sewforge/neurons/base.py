@@ -114,9 +114,12 @@ class BaseNeuron(nn.Module):
         """Spikes for ``x`` of shape ``[T, ...]``; with ``shortcut`` and ``g``, the fused
         ``g(SN(x), shortcut)`` of a SEW block."""
         v0 = self.v if self.stateful else None
-        if v0 is not None and (v0.shape != x.shape[1:] or v0.device != x.device):
+        if v0 is not None and v0.shape != x.shape[1:]:
             raise ValueError(f"{type(self).__name__}: kept state has shape {tuple(v0.shape)} but this input has "
                              f"{tuple(x.shape[1:])} per step; call reset() before changing the input shape")
+        if v0 is not None and v0.device != x.device:
+            raise ValueError(f"{type(self).__name__}: kept state is on {v0.device} but this input is on "
+                             f"{x.device}; call reset() after moving the neuron or its input")
         params = self.charge_params()
         if params.device != x.device:
             params = params.to(x.device)
