@@ -221,6 +221,21 @@ def test_missing_dash_between_known_names_is_hinted():
     assert "'-' missing between 'BN' and 'PLIF'" in str(info.value)
 
 
+@pytest.mark.parametrize("row, label", [
+    ("c32k3s1-BN-PLIF-{SEW Block (c32) -MPk2s2}*7-FC11 (7B-Net)", "(7B-Net)"),
+    ("c64k3s1-BN-PLIF-{SEW Block (c64)-MPk2s2}*4-c128k3s1-\nBN-PLIF-{SEW Block (c128)-MPk2s2}*3-FC10 (Wide-7B-Net)",
+     "(Wide-7B-Net)"),
+])
+def test_table_row_with_its_network_label_says_to_remove_the_label(row, label):
+    """A row copied from Table 5 or 6 ends with the network's name in parentheses."""
+    with pytest.raises(SpecError) as info:
+        parse(row)
+    err = info.value
+    assert err.hint and label in err.hint and "remove" in err.hint
+    assert err.pos == row.rindex("(")
+    parse(row[:row.rindex("(")])  # without the label the row is a valid spec
+
+
 def test_unknown_whole_spec_suggests_models():
     import sewforge.models  # noqa: F401  (registers the zoo)
 

@@ -241,8 +241,28 @@ class _Parser:
         args: List[Tuple[Optional[str], Any, Tuple[int, int]]] = []
         end = name_tok.end
         if self.peek().kind == "LPAREN":
-            args, end = self.arguments()
+            lparen_index = self.i
+            try:
+                args, end = self.arguments()
+            except SpecError:
+                label = self._trailing_label(lparen_index)
+                if label is None:
+                    raise
+                lparen = self.tokens[lparen_index]
+                raise self.error(f"{name_tok.text} is followed by {label!r}, which is not an argument list", lparen,
+                                 hint=f"a table row names its network after the spec: remove {label!r}; the spec "
+                                      f"ends at {name_tok.text!r}") from None
         return self.resolve(name_tok, args, (name_tok.pos, end))
+
+    def _trailing_label(self, lparen_index: int) -> Optional[str]:
+        """``(7B-Net)`` when the parentheses at ``lparen_index`` close at the very end of the spec
+        and hold no ``key=value``: the network's name printed after it in the paper's tables."""
+        rest = self.tokens[lparen_index + 1:-1]
+        if not rest or rest[-1].kind != "RPAREN":
+            return None
+        if any(t.kind in ("EQ", "LPAREN", "RPAREN", "COMMA") for t in rest[:-1]):
+            return None
+        return self.text[self.tokens[lparen_index].pos:rest[-1].end]
 
     def arguments(self) -> Tuple[List[Tuple[Optional[str], Any, Tuple[int, int]]], int]:
         """``( [arg (, arg)*] )`` -> [(key or None, value, span)], end position."""
