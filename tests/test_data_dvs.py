@@ -179,6 +179,20 @@ def test_gesture_cache_dir_for_read_only_roots(tmp_path):
     assert len(list((tmp_path / "cache" / "frames_number_2_split_by_number").rglob("*.npz"))) == 2
 
 
+def test_frames_that_cannot_be_written_blame_the_frames_folder_not_the_recording(tmp_path):
+    rng = np.random.default_rng(3)
+    make_gesture_root(tmp_path / "data", rng)
+    (tmp_path / "data" / "frames_number_2_split_by_number").write_text("not a folder")
+    with pytest.raises(OSError) as info:
+        create_dataset("dvs128_gesture", root=tmp_path / "data", split="test", T=2, workers=1, verbose=False)
+    msg = str(info.value)
+    assert "frames_number_2_split_by_number" in msg and "cache_dir" in msg and "replace the files" not in msg
+    # with a writable cache_dir the same root works
+    ds = create_dataset("dvs128_gesture", root=tmp_path / "data", split="test", T=2, workers=1,
+                        cache_dir=tmp_path / "cache", verbose=False)
+    assert len(ds) == 2
+
+
 def test_gesture_missing_and_corrupt_files_are_named(tmp_path, capsys):
     with pytest.raises(DatasetNotFoundError, match=r"does not exist[\s\S]*trials_to_train.txt"):
         create_dataset("dvs128_gesture", root=tmp_path / "nowhere")

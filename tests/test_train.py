@@ -483,3 +483,16 @@ def test_asking_for_a_missing_gpu_is_an_error_message_not_a_traceback(tmp_path, 
     err = capsys.readouterr().err
     assert "no CUDA GPU" in err and "device=cpu" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_data_that_cannot_be_written_is_an_error_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """A read-only dataset root (frames cannot be cached there) or output folder: exit 2, one message."""
+    import sewforge.train.engine as engine
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/DVS128Gesture/frames_number_16_split_by_number")
+
+    monkeypatch.setattr(engine, "build_datasets", read_only)
+    assert main([str(tiny_recipe(tmp_path)), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and "frames_number_16_split_by_number" in err

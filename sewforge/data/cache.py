@@ -199,10 +199,22 @@ def convert_recordings(jobs: Sequence[FrameJob], *, workers: Optional[int] = Non
         failures.sort(key=lambda f: f[0])
         lines = "\n".join(f"  {src}: {exc}" for src, exc in failures[:10])
         more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+        # run_job turns every reading problem into DatasetFormatError / DatasetNotFoundError, so any
+        # other OSError happened while writing the frames files: the folder is at fault, not the recording
+        write_errors = [exc for _, exc in failures
+                        if isinstance(exc, OSError) and not isinstance(exc, DatasetNotFoundError)]
+        if write_errors:
+            folder = os.path.dirname(os.path.dirname(jobs[0].outputs[0][0])) if jobs[0].outputs else "?"
+            advice = (f"frames files could not be written under {folder}: make that folder writable, or "
+                      f"give cache_dir=<a writable folder> (in a recipe: data.kwargs.cache_dir), then run "
+                      f"again to convert only what is missing")
+        else:
+            advice = "replace the files below and run again to convert only what is missing"
         msg = (f"{label}: {len(failures)} of {total} recordings could not be converted to frames "
-               f"({written} frames files were written and are kept; replace the files below and run "
-               f"again to convert only what is missing):\n{lines}{more}")
+               f"({written} frames files were written and are kept; {advice}):\n{lines}{more}")
         if all(isinstance(exc, DatasetFormatError) for _, exc in failures):
             raise DatasetFormatError(msg)
+        if all(isinstance(exc, OSError) for _, exc in failures):
+            raise OSError(msg) from failures[0][1]
         raise RuntimeError(msg) from failures[0][1]
     return written

@@ -129,8 +129,9 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError) as exc:
-        # data or model set-up problems (missing files, unknown names, bad shapes) explain themselves
+    except (ValueError, KeyError, OSError) as exc:
+        # data or model set-up problems (missing files, unknown names, bad shapes, folders that cannot
+        # be written) explain themselves
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2
