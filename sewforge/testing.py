@@ -112,13 +112,14 @@ def check_neuron(
     seed: int = 0,
     **neuron_kwargs: Any,
 ) -> int:
-    """Check a neuron's fused kernels against the reference over a grid of cases: hard and soft
-    reset, detached and attached reset, several surrogates, dtypes, shapes (T first) and fused
+    """Check a neuron's fused kernels against the reference over a grid of cases: hard reset (to 0
+    and to a negative v_reset) and soft reset, detached and attached reset, several surrogates, dtypes, shapes (T first) and fused
     element-wise functions. Returns the number of cases checked."""
     make = _neuron_factory(neuron, neuron_kwargs)
     gen = torch.Generator().manual_seed(seed)
     n = 0
-    combos = itertools.product((0.0, None), (True, False), surrogates)
+    # a non-zero v_reset too: with only 0 and soft reset (v_rest = 0 both) a kernel that ignores v_rest passes
+    combos = itertools.product((0.0, None, -0.25), (True, False), surrogates)
     for (v_reset, detach, sg), shape, dtype, g in zip(itertools.cycle(combos), itertools.cycle(shapes),
                                                       itertools.cycle(dtypes), gs * 4):
         mod = make(v_reset=v_reset, detach_reset=detach, surrogate=sg)

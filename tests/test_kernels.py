@@ -1,4 +1,5 @@
 """The fused Triton kernels (interpreted on CPU) equal the PyTorch reference."""
+import dataclasses
 import math
 
 import pytest
@@ -7,7 +8,9 @@ from hypothesis import given, settings, strategies as st
 
 import sewforge
 from sewforge import testing
+from sewforge._triton import jit, tl  # noqa: F401  (the interpreter needs tl beside jit functions)
 from sewforge.kernels.multistep import specializations
+from sewforge.neurons import LIF_CHARGE
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SIZES = st.sampled_from([1, 2, 3, 5, 7, 11, 13])
@@ -142,3 +145,18 @@ def test_double_backward_through_the_kernel_is_refused_not_silently_zero(device)
     # a gradient penalty next to another term must not silently contribute nothing
     with pytest.raises(RuntimeError, match="differentiate twice"):
         (gx.pow(2).sum() + x.sum()).backward()
+
+
+@jit
+def _charge_ignoring_v_rest(v, x, P, v_rest):
+    return v + (x - v) * tl.load(P)  # wrong: decays toward 0 instead of v_rest
+
+
+class _NeuronIgnoringVRest(sewforge.neurons.LIFNode):
+    def charge_equation(self):
+        return dataclasses.replace(LIF_CHARGE, name="LIF(ignores v_rest)", triton_charge=_charge_ignoring_v_rest)
+
+
+def test_conformance_check_catches_a_kernel_that_ignores_the_reset_potential():
+    with pytest.raises(AssertionError, match="differs from the reference"):
+        testing.check_neuron(_NeuronIgnoringVRest, dtypes=(torch.float32,), surrogates=("ATan",))
