@@ -496,3 +496,14 @@ def test_data_that_cannot_be_written_is_an_error_message_not_a_traceback(tmp_pat
     assert main([str(tiny_recipe(tmp_path)), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Permission denied" in err and "frames_number_16_split_by_number" in err
+
+
+def test_resume_with_a_model_that_does_not_fit_the_checkpoint_names_both(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    assert main([str(recipe), "--no-progress"]) == 0
+    before = digest(tmp_path / "run" / "last.pt")
+    other = "c6k3s1-BN-PLIF-MPk2s2-{SEW(c6)-MPk2s2}*1-FC4"
+    assert main([str(recipe), "epochs=2", f"model.name={other}", "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt" in err and "do not fit" in err and "args.yaml" in err and "Traceback" not in err
+    assert digest(tmp_path / "run" / "last.pt") == before and len(rows(tmp_path / "run")) == 1

@@ -392,7 +392,12 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
     history: List[Dict[str, float]] = []
     rng_states: Optional[List[Dict[str, Any]]] = None
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
+        try:
+            raw_model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"the weights in {str(ckpt_path)!r} do not fit model {recipe.model.name!r}: {exc}\n"
+                                  "resume with the recipe the run was started with (its args.yaml), or start a new "
+                                  "run in another output folder") from None
         initial_lrs = [group.get("initial_lr") for group in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])
         for group, lr0 in zip(optimizer.param_groups, initial_lrs):  # the recipe's lr, not the old run's
