@@ -48,6 +48,14 @@ def test_plif_initial_tau_and_learnable_parameter():
     assert n3.tau == pytest.approx(3.0)
 
 
+def test_plif_decay_keeps_float64_precision_in_a_double_model():
+    n = PLIFNode(init_tau=3.0).double()
+    k = n.charge_params()
+    assert k.dtype == torch.float64 and k.item() == torch.sigmoid(n.w).item()
+    (dk,) = torch.autograd.grad(k.sum(), n.w)
+    assert dk.item() == pytest.approx(k.item() * (1 - k.item()), rel=1e-12)
+
+
 def test_each_forward_starts_from_rest():
     n = LIFNode()
     x = torch.rand(6, 4, 3) * 3

@@ -62,7 +62,9 @@ class PLIFNode(BaseNeuron):
         return LIF_CHARGE if self.decay_input else LIF_CHARGE_NO_DECAY_INPUT
 
     def charge_params(self) -> torch.Tensor:
-        return torch.sigmoid(self.w.float()).reshape(1)
+        # fp32 at least (a .half() model keeps an fp32 decay); fp64 stays fp64 like the state
+        w = self.w if self.w.dtype == torch.float64 else self.w.float()
+        return torch.sigmoid(w).reshape(1)
 
     def extra_repr(self) -> str:
         return f"init_tau={1.0 / torch.sigmoid(self.w.detach()).item():.4g}, decay_input={self.decay_input}, " \
