@@ -56,6 +56,12 @@ def test_plif_decay_keeps_float64_precision_in_a_double_model():
     assert dk.item() == pytest.approx(k.item() * (1 - k.item()), rel=1e-12)
 
 
+def test_lif_decay_is_not_rounded_by_half_or_double_models():
+    assert LIFNode(tau=3.0).double().charge_params().item() == 1.0 / 3.0
+    k16 = LIFNode(tau=3.0).half().charge_params()
+    assert k16.dtype == torch.float32 and k16.item() == torch.tensor(1.0 / 3.0).item()
+
+
 def test_each_forward_starts_from_rest():
     n = LIFNode()
     x = torch.rand(6, 4, 3) * 3

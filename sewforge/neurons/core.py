@@ -37,7 +37,11 @@ class LIFNode(BaseNeuron):
         return LIF_CHARGE if self.decay_input else LIF_CHARGE_NO_DECAY_INPUT
 
     def charge_params(self) -> torch.Tensor:
-        return self._k
+        k = self._k
+        if k.dtype != torch.float32:  # after .half() / .double(): 1/tau in the state dtype, not rounded
+            k = torch.full((1,), 1.0 / self.tau, device=k.device,
+                           dtype=torch.float64 if k.dtype == torch.float64 else torch.float32)
+        return k
 
     def extra_repr(self) -> str:
         return f"tau={self.tau:g}, decay_input={self.decay_input}, " + super().extra_repr()
