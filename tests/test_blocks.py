@@ -288,6 +288,8 @@ def test_constructor_errors():
         SEWBlock(4, 4, neuron=3)
     with pytest.raises(TypeError, match="returned int"):
         SEWBlock(4, 4, neuron=lambda: 3)
+    with pytest.raises(TypeError, match="got a neuron module IFNode; pass a factory"):
+        SEWBlock(4, 4, neuron=sewforge.create_neuron("IF"))  # one instance cannot serve every layer
     with pytest.raises(KeyError, match="unknown neuron"):
         SEWBlock(4, 4, neuron="PLIFF")
     with pytest.raises(TypeError):

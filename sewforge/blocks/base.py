@@ -35,6 +35,10 @@ def neuron_factory(neuron: Union[str, Callable[..., nn.Module], None] = "IF", *,
     if isinstance(neuron, str):
         create_neuron(neuron, **kw)  # fail now, with the registry's or the neuron's message, not mid-build
         return functools.partial(create_neuron, neuron, **kw)
+    if isinstance(neuron, nn.Module):  # callable too, but calling it runs forward() without input
+        raise TypeError(f"{owner}: got a neuron module {type(neuron).__name__}; pass a factory that makes a "
+                        f"fresh one per layer, e.g. functools.partial(sewforge.create_neuron, "
+                        f"{type(neuron).__name__.replace('Node', '')!r}), or a registered name")
     if not callable(neuron):
         raise TypeError(f"{owner}: neuron must be a zero-argument factory returning a neuron module "
                         f"(e.g. functools.partial(sewforge.create_neuron, 'PLIF')) or a neuron name, "
