@@ -507,3 +507,13 @@ def test_resume_with_a_model_that_does_not_fit_the_checkpoint_names_both(tmp_pat
     err = capsys.readouterr().err
     assert "last.pt" in err and "do not fit" in err and "args.yaml" in err and "Traceback" not in err
     assert digest(tmp_path / "run" / "last.pt") == before and len(rows(tmp_path / "run")) == 1
+
+
+def test_resume_with_another_optimizer_says_which_and_what_to_do(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    assert main([str(recipe), "--no-progress"]) == 0
+    assert main([str(recipe), "epochs=2", "optimizer.name=adamw", "optimizer.lr=1e-3", "--resume",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'sgd'" in err and "'adamw'" in err and "optimizer.name=sgd" in err
+    assert len(rows(tmp_path / "run")) == 1

@@ -399,7 +399,17 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
                                   "resume with the recipe the run was started with (its args.yaml), or start a new "
                                   "run in another output folder") from None
         initial_lrs = [group.get("initial_lr") for group in optimizer.param_groups]
-        optimizer.load_state_dict(ckpt["optimizer"])
+        old_opt = ((ckpt.get("recipe") or {}).get("optimizer") or {}).get("name")
+        if old_opt is not None and str(old_opt).lower() != recipe.optimizer.name.lower():
+            raise CheckpointError(f"{str(ckpt_path)!r} holds the state of optimizer {old_opt!r}, but the recipe asks for "
+                                  f"{recipe.optimizer.name!r}; resume with optimizer.name={old_opt}, or start a new run "
+                                  "in another output folder")
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"the optimizer state in {str(ckpt_path)!r} does not fit the recipe's optimizer "
+                                  f"{recipe.optimizer.name!r} ({type(exc).__name__}: {exc}); resume with the recipe the "
+                                  "run was started with (its args.yaml)") from None
         for group, lr0 in zip(optimizer.param_groups, initial_lrs):  # the recipe's lr, not the old run's
             if lr0 is not None:
                 group["initial_lr"] = lr0
