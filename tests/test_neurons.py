@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import sewforge
-from sewforge.neurons import IFNode, LIFNode, PLIFNode
+from sewforge.neurons import IF_CHARGE, IFNode, LIFNode, PLIFNode
 
 
 def manual_lif(xs, tau, v_th=1.0, v_reset=0.0, decay_input=True):
@@ -96,6 +96,7 @@ def test_repr_names_the_settings():
     (dict(v_reset=2.0), "v_reset (2.0) must be below v_threshold"),
     (dict(surrogate="ATann"), "did you mean 'ATan'"),
     (dict(unknown_arg=1), "unknown_arg"),
+    (dict(backend="cuda"), "LIFNode: backend='cuda' is not a backend; use one of auto, triton, torch"),
 ])
 def test_invalid_parameters_are_named(kwargs, needle):
     with pytest.raises((ValueError, KeyError)) as exc:
@@ -136,8 +137,10 @@ def test_shortcut_must_match_input():
 
 def test_backend_choice_is_validated(monkeypatch):
     x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match="IFNode: backend='cuda' is not a backend"):
+        sewforge.create_neuron("IF", backend="cuda")  # at construction, not at the first forward
     with pytest.raises(ValueError, match="backend argument='cuda' is not a backend"):
-        sewforge.create_neuron("IF", backend="cuda")(x)
+        sewforge.multistep_neuron(x, IF_CHARGE, torch.zeros(0), "ATan", backend="cuda")
     monkeypatch.setenv("SEWFORGE_BACKEND", "fast")
     with pytest.raises(ValueError, match="SEWFORGE_BACKEND='fast'"):
         sewforge.create_neuron("IF")(x)

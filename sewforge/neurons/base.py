@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..kernels import multistep_neuron
+from ..kernels import BACKENDS, multistep_neuron
 from ..surrogates import Surrogate, create_surrogate
 from .charge import ChargeEquation
 
@@ -66,6 +66,9 @@ class BaseNeuron(nn.Module):
         self.detach_reset = detach_reset
         self.surrogate: Surrogate = create_surrogate(surrogate)
         self.stateful = bool(stateful)
+        if backend is not None and (not isinstance(backend, str) or backend.strip().lower() not in BACKENDS):
+            raise ValueError(f"{owner}: backend={backend!r} is not a backend; use one of {', '.join(BACKENDS)} "
+                             "(or None for SEWFORGE_BACKEND)")
         self.backend = backend
         self.v: Optional[torch.Tensor] = None
 
