@@ -215,6 +215,13 @@ def test_error_messages_point_at_the_token(text, token, message, suggestion):
         assert "did you mean" in str(err)
 
 
+@pytest.mark.parametrize("star", ["\u2217", "\uff0a", "\\*"])
+def test_asterisks_copied_from_pdf_or_markdown_repeat(star):
+    """PDF text layers give the asterisk operator U+2217; Markdown copies of the paper escape '*'."""
+    plain = "c32k3s1-BN-IF-{{SEW Block (c32)}*2-MPk2s2}*5-FC10"
+    assert parse(plain.replace("*", star)).to_spec() == parse(plain).to_spec()
+
+
 def test_missing_dash_between_known_names_is_hinted():
     with pytest.raises(SpecError) as info:
         parse("c32k3s1-BN PLIF-FC10")

@@ -13,7 +13,8 @@ Layer words: ``c{C}k{K}[s{S}][p{P}]``, ``BN``, ``MPk{K}[s{S}][p{P}]``, ``APk{K}[
 ``GAP``, ``FC{N}``, ``DP``. Any other name is looked up in ``NEURONS`` and then ``BLOCKS`` (also
 without a trailing "Block", so the paper's ``SEW Block (c32)`` is the ``SEW`` block, and its
 "basic block" is ``SpikingResNet``). Dashes copied from PDFs (en dash, minus, soft hyphen, the
-U+FFFE that pdftotext leaves at a line break) count as ``-``; ``×`` counts as ``*``.
+U+FFFE that pdftotext leaves at a line break) count as ``-``; ``×``, ``∗`` (U+2217), the fullwidth
+asterisk and Markdown's escaped ``\\*`` count as ``*``.
 Names are resolved here, so an unknown name fails at parse time with close-match suggestions.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ MAX_REPEAT = 10_000
 
 _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u00ad\ufffe"
 _SINGLE = {"(": "LPAREN", ")": "RPAREN", "{": "LBRACE", "}": "RBRACE", "<": "LANGLE", ">": "RANGLE",
-           "*": "STAR", "\u00d7": "STAR", ",": "COMMA", "=": "EQ", "+": "PLUS"}
+           "*": "STAR", "\u00d7": "STAR", "\u2217": "STAR", "\uff0a": "STAR", ",": "COMMA", "=": "EQ", "+": "PLUS"}
 _WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _NUMBER_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
@@ -114,6 +115,9 @@ def tokenize(text: str) -> List[Token]:
         if m:
             tokens.append(Token("NUMBER", m.group(), *span(i, m.end())))
             i = m.end()
+            continue
+        if ch == "\\" and compact.startswith("*", i + 1):
+            i += 1  # a Markdown copy of the paper escapes '*' as '\*'
             continue
         if ch in _DASHES:
             tokens.append(Token("DASH", "-", *span(i, i + 1)))
