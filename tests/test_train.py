@@ -517,3 +517,22 @@ def test_resume_with_another_optimizer_says_which_and_what_to_do(tmp_path, capsy
     err = capsys.readouterr().err
     assert "'sgd'" in err and "'adamw'" in err and "optimizer.name=sgd" in err
     assert len(rows(tmp_path / "run")) == 1
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Disk full while writing args.yaml / summary.csv / curves.png: the previous file stays, nothing else."""
+    from sewforge.train import checkpoint
+
+    target = tmp_path / "summary.csv"
+    checkpoint.atomic_write_text(target, "epoch\n1\n")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.atomic_write_text(target, "epoch\n1\n2\n")
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save_checkpoint(tmp_path / "last.pt", {"epoch": 2})
+    assert target.read_text() == "epoch\n1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]

@@ -42,10 +42,14 @@ def _replace(tmp: Path, path: Path) -> None:
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     path = Path(path)
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _replace(tmp, path)
 
 
