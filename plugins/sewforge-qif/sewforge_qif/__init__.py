@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-import triton.language as tl  # noqa: F401  (Triton's interpreter needs tl beside every jit function)
 
+from sewforge._triton import jit, tl  # tl is None without Triton; the interpreter needs it here
 from sewforge.neurons import BaseNeuron, ChargeEquation, check_tau
 from sewforge.registry import NEURONS, SURROGATES
 from sewforge.surrogates import Surrogate
-from sewforge._triton import jit
 
 __all__ = ["QIFNode", "FastSigmoid", "QIF_CHARGE"]
 __version__ = "0.1.0"
@@ -63,6 +62,8 @@ class QIFNode(BaseNeuron):
         self.tau = check_tau("tau", tau, "QIFNode")
         if not (math.isfinite(a0) and a0 > 0):
             raise ValueError(f"QIFNode: a0 must be a finite number > 0, got {a0!r}")
+        if not math.isfinite(v_c):
+            raise ValueError(f"QIFNode: v_c must be a finite number, got {v_c!r}")
         self.a0, self.v_c = float(a0), float(v_c)
         self.register_buffer("_p", torch.tensor([1.0 / self.tau, self.a0, self.v_c]), persistent=False)
 
