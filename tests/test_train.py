@@ -421,12 +421,22 @@ def _free_port() -> int:
 def test_two_process_ddp_run_ends_with_identical_weights(tmp_path):
     recipe = tiny_recipe(tmp_path, epochs=2)
     script = write(tmp_path / "ddp_worker.py", f"""\
-        import os, sys
+        import os, sys, time
         import torch
         from sewforge.train import load_recipe, train
+        from sewforge.train.distributed import main_process_first, setup
+        ctx = setup("cpu")  # the trainer below reuses this process group
+        with main_process_first(ctx):  # rank 0 first (it would fill the frame cache), then the others
+            start = time.time()
+            if ctx.is_main:
+                time.sleep(1.0)
+            end = time.time()
+        with open(os.path.join({str(tmp_path)!r}, "order%d.txt" % ctx.rank), "w") as f:
+            f.write("%r %r" % (start, end))
         result = train(load_recipe({str(recipe)!r}), progress=False)
         state = {{k: v for k, v in result.model.state_dict().items()}}
         torch.save(state, os.path.join({str(tmp_path)!r}, "rank%s.pt" % os.environ["RANK"]))
+        torch.distributed.destroy_process_group()
         """)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
@@ -437,6 +447,9 @@ def test_two_process_ddp_run_ends_with_identical_weights(tmp_path):
     s1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k
+    start0, end0 = map(float, (tmp_path / "order0.txt").read_text().split())
+    start1, end1 = map(float, (tmp_path / "order1.txt").read_text().split())
+    assert start1 >= end0, "rank 1 entered the data preparation before rank 0 had finished it"
     # only rank 0 wrote the run folder; each process trained on half of each epoch
     table = rows(tmp_path / "run")
     assert [r["epoch"] for r in table] == ["1", "2"]

@@ -7,6 +7,7 @@ gathering small Python objects for rank 0 to save).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistContext", "setup", "teardown", "all_reduce_sum", "all_gather_objects", "average_bn_buffers",
+           "main_process_first",
            "resolve_device"]
 
 
@@ -71,6 +73,20 @@ def setup(device_spec: str) -> DistContext:
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30), **kwargs)
         initialized_here = True
     return DistContext(dist.get_rank(), dist.get_world_size(), local, device, initialized_here)
+
+
+@contextlib.contextmanager
+def main_process_first(ctx: DistContext):
+    """Rank 0 runs the block first, the other ranks after it: one process converts event
+    recordings into the frame cache and the others read the cached frames, instead of every rank
+    converting the same files. A failure on rank 0 still releases the others."""
+    if ctx.distributed and not ctx.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if ctx.distributed and ctx.is_main:
+            dist.barrier()
 
 
 def teardown(ctx: DistContext) -> None:

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .distributed import DistContext, all_gather_objects, all_reduce_sum, average_bn_buffers, setup, teardown
+from .distributed import (DistContext, all_gather_objects, all_reduce_sum, average_bn_buffers, main_process_first,
+                          setup, teardown)
 from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .runlog import Progress, RunLog
 
@@ -374,7 +375,8 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
     _agree(ctx, error)
 
     _seed_everything(recipe.seed)
-    datasets = build_datasets(recipe)
+    with main_process_first(ctx):
+        datasets = build_datasets(recipe)
     _check_sample(recipe, datasets["train"])
     model = build_model(recipe, datasets["train"]).to(ctx.device)
     if recipe.sync_bn and ctx.distributed:
@@ -521,7 +523,8 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Union[str, Path], *, progres
         _agree(ctx, error)
         _configure_torch(recipe, ctx.device)
         _seed_everything(recipe.seed)
-        test_set = build_datasets(recipe, ("test",))["test"]
+        with main_process_first(ctx):
+            test_set = build_datasets(recipe, ("test",))["test"]
         model = build_model(recipe, test_set).to(ctx.device)
         try:
             model.load_state_dict(ckpt["model"])
