@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -533,18 +534,23 @@ def test_resume_with_another_optimizer_says_which_and_what_to_do(tmp_path, capsy
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
-    """Disk full while writing args.yaml / summary.csv / curves.png: the previous file stays, nothing else."""
+    """Disk full while writing args.yaml / summary.csv / curves.png / a checkpoint / frames: the
+    previous file stays, nothing else."""
+    from sewforge import fileio
+    from sewforge.data import save_frames
     from sewforge.train import checkpoint
 
     target = tmp_path / "summary.csv"
-    checkpoint.atomic_write_text(target, "epoch\n1\n")
+    fileio.atomic_write_text(target, "epoch\n1\n")
 
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(fileio.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        checkpoint.atomic_write_text(target, "epoch\n1\n2\n")
+        fileio.atomic_write_text(target, "epoch\n1\n2\n")
+    with pytest.raises(OSError, match="No space left"):
+        save_frames(tmp_path / "frames.npz", np.zeros((2, 2, 4, 4), dtype=np.int64))
     with pytest.raises(OSError, match="No space left"):
         checkpoint.save_checkpoint(tmp_path / "last.pt", {"epoch": 2})
     assert target.read_text() == "epoch\n1\n"

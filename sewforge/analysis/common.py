@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from ..fileio import atomic_file, atomic_write_text
 
 __all__ = ["AnalysisError", "Variant", "parse_shape", "model_blocks", "model_uses_g", "block_names",
            "make_surrogate", "build_model", "random_spikes", "dataset_batch", "atomic_write_text",
@@ -144,20 +144,6 @@ def default_labels(batch: int, num_classes: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(num_classes, (batch,), generator=gen)
 
 
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cell(value: Any) -> Any:
     if isinstance(value, float):
         if math.isnan(value):
@@ -183,15 +169,9 @@ def save_figure(fig: Any, path: Union[str, Path]) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     plt = pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_file(path) as fh:
+            fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import uuid
 import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..fileio import TMP_SUFFIX, atomic_file
 from .aedat import read_aedat3, read_cifar10dvs_aedat
 from .base import DatasetFormatError, DatasetNotFoundError
 from .events import events_to_frames
@@ -32,7 +32,6 @@ READERS: Dict[str, Callable[[str], Dict[str, np.ndarray]]] = {
     "aedat3": read_aedat3,
     "cifar10dvs": read_cifar10dvs_aedat,
 }
-_TMP_SUFFIX = ".tmp"
 STALE_TEMP_SECONDS = 3600.0
 
 
@@ -59,21 +58,8 @@ def save_frames(path: os.PathLike, frames: np.ndarray) -> None:
     The counts are stored in the smallest unsigned type that holds them, compressed.  The file
     appears complete or not at all: written to a hidden temporary file beside it, synced, renamed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, frames=frames.astype(_count_dtype(frames), copy=False))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as f:
+        np.savez_compressed(f, frames=frames.astype(_count_dtype(frames), copy=False))
 
 
 def load_frames(path: os.PathLike) -> np.ndarray:
@@ -103,7 +89,7 @@ def remove_stale_temp_files(folder: Path, max_age_s: float = STALE_TEMP_SECONDS)
     now = time.time()
     for dirpath, _dirs, files in os.walk(folder):
         for name in files:
-            if name.startswith(".") and name.endswith(_TMP_SUFFIX):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
                 p = os.path.join(dirpath, name)
                 try:
                     if now - os.stat(p).st_mtime > max_age_s:

@@ -8,7 +8,6 @@ crash never leaves a half-written checkpoint behind.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Dict, List, Union
@@ -16,8 +15,9 @@ from typing import Any, Dict, List, Union
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng",
-           "atomic_write_bytes", "atomic_write_text"]
+from ..fileio import atomic_file
+
+__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
 
 FORMAT = "sewforge-train-checkpoint"
 VERSION = 1
@@ -27,49 +27,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or not a sewforge training checkpoint."""
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_checkpoint(path: Union[str, Path], state: Dict[str, Any]) -> None:
     """Write ``state`` (plus format tags) to ``path`` atomically."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _replace(tmp, path)
+    with atomic_file(path) as fh:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
 
 
 def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:

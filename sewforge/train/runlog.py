@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["SUMMARY_COLUMNS", "RUN_FILES", "RunLog", "Progress", "read_summary"]
 
