@@ -7,7 +7,7 @@ derivatives, so the fused SEW kernel computes ``g(SN(X), S)`` and its backward i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -30,6 +30,18 @@ class ElementwiseFunction:
     #: zero-init sets the block's last neuron to emit it.
     identity_a: float = 0.0
     description: str = ""
+    #: ``g``, ``dg/da`` and ``dg/ds`` as C expressions in ``a`` and ``s`` for the fused CPU
+    #: kernel (None: that kernel applies g in PyTorch after the neuron).
+    c_fn: Optional[str] = None
+    c_dg_da: Optional[str] = None
+    c_dg_ds: Optional[str] = None
+    #: False when neither partial derivative depends on ``s`` (ADD): the backward then does not
+    #: read the shortcut at all.
+    backward_reads_s: bool = True
+
+    @property
+    def has_c(self) -> bool:
+        return None not in (self.c_fn, self.c_dg_da, self.c_dg_ds)
 
     def __call__(self, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return self.torch_fn(a, s)
@@ -105,7 +117,9 @@ def _iand_ds(a, s):
     return 1.0 - a
 
 
-ADD = _register(ElementwiseFunction("ADD", lambda a, s: a + s, _add, _one, _one, 0.0, "A + S"))
-AND = _register(ElementwiseFunction("AND", lambda a, s: a * s, _and, _and_da, _and_ds, 1.0, "A * S"))
+ADD = _register(ElementwiseFunction("ADD", lambda a, s: a + s, _add, _one, _one, 0.0, "A + S",
+                                    c_fn="a + s", c_dg_da="1", c_dg_ds="1", backward_reads_s=False))
+AND = _register(ElementwiseFunction("AND", lambda a, s: a * s, _and, _and_da, _and_ds, 1.0, "A * S",
+                                    c_fn="a * s", c_dg_da="s", c_dg_ds="a"))
 IAND = _register(ElementwiseFunction("IAND", lambda a, s: (1 - a) * s, _iand, _iand_da, _iand_ds, 0.0,
-                                     "(1 - A) * S"))
+                                     "(1 - A) * S", c_fn="(1 - a) * s", c_dg_da="-s", c_dg_ds="1 - a"))

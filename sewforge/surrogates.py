@@ -27,6 +27,9 @@ class Surrogate:
     default: float = 1.0
     #: ``@triton.jit`` function ``(x, alpha) -> fp32`` computing the derivative.
     triton_derivative: Any = None
+    #: The same derivative as a C expression in ``x`` and ``alpha`` (type ``real``) for the fused
+    #: CPU kernel, or None (the CPU path then evaluates :meth:`derivative` in PyTorch).
+    c_derivative: Optional[str] = None
 
     def __init__(self, *args: float, **kwargs: float):
         name = type(self).__name__
@@ -120,6 +123,7 @@ class ATan(Surrogate):
 
     default = 2.0
     triton_derivative = _atan_d
+    c_derivative = "alpha / (2 * (1 + (((real)1.5707963267948966 * alpha * x) * ((real)1.5707963267948966 * alpha * x))))"
 
     def derivative(self, x):
         return self.alpha / (2 * (1 + (math.pi / 2 * self.alpha * x) ** 2))
@@ -140,6 +144,7 @@ class Sigmoid(Surrogate):
 
     default = 4.0
     triton_derivative = _sigmoid_d
+    c_derivative = "alpha * (1 / (1 + EXP(-alpha * x))) * (1 - 1 / (1 + EXP(-alpha * x)))"
 
     def derivative(self, x):
         sg = torch.sigmoid(self.alpha * x)
@@ -161,6 +166,7 @@ class Rectangular(Surrogate):
     param_name = "a"
     default = 1.0
     triton_derivative = _rect_d
+    c_derivative = "(FABS(x) < alpha / 2 ? 1 / alpha : 0)"
 
     def derivative(self, x):
         return (x.abs() < self.alpha / 2).to(x.dtype) / self.alpha
@@ -180,6 +186,7 @@ class PiecewiseQuadratic(Surrogate):
 
     default = 1.0
     triton_derivative = _pwq_d
+    c_derivative = "(FABS(x) > 1 / alpha ? 0 : alpha - alpha * alpha * FABS(x))"
 
     def derivative(self, x):
         return torch.where(x.abs() > 1 / self.alpha, torch.zeros_like(x), self.alpha - self.alpha ** 2 * x.abs())
@@ -201,6 +208,7 @@ class Constant(Surrogate):
 
     param_name = None
     triton_derivative = _const_d
+    c_derivative = "1"
 
     def derivative(self, x):
         return torch.ones_like(x)
@@ -224,6 +232,7 @@ class ATanA5(Surrogate):
 
     param_name = None
     triton_derivative = _atan_a5_d
+    c_derivative = "(real)3.4674011002723395 / (1 + ((real)3.141592653589793 * x) * ((real)3.141592653589793 * x))"
 
     def derivative(self, x):
         return _A5 / (1 + (math.pi * x) ** 2)

@@ -32,16 +32,13 @@ an implementation that would also save spikes and V.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..elementwise import ElementwiseFunction
-from ..neurons.charge import ChargeEquation
-from ..surrogates import Surrogate
 from .._triton import interpreting, jit, tl
 from .reference import compute_dtype
+from .spec import KernelSpec, specialize, specializations  # noqa: F401  (re-exported)
 
 __all__ = ["KernelSpec", "specialize", "specializations", "multistep_triton", "fill_outputs_with",
            "compile_ahead"]
@@ -183,52 +180,23 @@ def _multistep_bwd(
 
 
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KernelSpec:
-    """One specialisation: everything that is compiled into the kernel (not run-time scalars)."""
-
-    charge: ChargeEquation
-    surrogate: type
-    g: Optional[ElementwiseFunction]
-    hard_reset: bool
-    detach_reset: bool
-
-    def forward_constants(self, *, has_v0: bool, store_vt: bool, save_h: bool, block: int, cd) -> Dict[str, Any]:
-        """The ``tl.constexpr`` arguments of the forward kernel for this specialisation."""
-        has_g = self.g is not None
-        return dict(CHARGE=self.charge.triton_charge, G=self.g.triton_fn if has_g else _no_g, HAS_G=has_g,
-                    HARD_RESET=self.hard_reset, HAS_V0=has_v0, STORE_VT=store_vt, SAVE_H=save_h,
-                    BLOCK=block, CD=cd)
-
-    def backward_constants(self, *, has_dp: bool, needs_x: bool, has_v0: bool, block: int, cd) -> Dict[str, Any]:
-        """The ``tl.constexpr`` arguments of the backward kernel for this specialisation."""
-        has_g = self.g is not None
-        ch = self.charge
-        return dict(DH_DV=ch.triton_dh_dv, DH_DX=ch.triton_dh_dx, DH_DP=ch.triton_dh_dp if has_dp else ch.triton_dh_dx,
-                    SG=self.surrogate.triton_derivative,
-                    G_DA=self.g.triton_dg_da if has_g else _no_g, G_DS=self.g.triton_dg_ds if has_g else _no_g,
-                    HAS_G=has_g, HAS_DP=has_dp, NEEDS_X=needs_x, HARD_RESET=self.hard_reset,
-                    DETACH_RESET=self.detach_reset, HAS_V0=has_v0, BLOCK=block, CD=cd)
-
-    def describe(self) -> str:
-        reset = "hard" if self.hard_reset else "soft"
-        g = f" -> g={self.g.name}" if self.g is not None else ""
-        return f"{self.charge.name} + {self.surrogate.__name__} ({reset} reset, detach={self.detach_reset}){g}"
+def forward_constants(spec: KernelSpec, *, has_v0: bool, store_vt: bool, save_h: bool, block: int, cd) -> Dict[str, Any]:
+    """The ``tl.constexpr`` arguments of the forward kernel for this specialisation."""
+    has_g = spec.g is not None
+    return dict(CHARGE=spec.charge.triton_charge, G=spec.g.triton_fn if has_g else _no_g, HAS_G=has_g,
+                HARD_RESET=spec.hard_reset, HAS_V0=has_v0, STORE_VT=store_vt, SAVE_H=save_h,
+                BLOCK=block, CD=cd)
 
 
-_SPECS: Dict[KernelSpec, int] = {}
-
-
-def specialize(charge: ChargeEquation, surrogate: Surrogate, g: Optional[ElementwiseFunction],
-               hard_reset: bool, detach_reset: bool) -> KernelSpec:
-    spec = KernelSpec(charge, type(surrogate), g, hard_reset, detach_reset)
-    _SPECS[spec] = _SPECS.get(spec, 0) + 1
-    return spec
-
-
-def specializations() -> Dict[str, int]:
-    """Specialisations used so far in this process, with how often each was launched."""
-    return {spec.describe(): n for spec, n in _SPECS.items()}
+def backward_constants(spec: KernelSpec, *, has_dp: bool, needs_x: bool, has_v0: bool, block: int, cd) -> Dict[str, Any]:
+    """The ``tl.constexpr`` arguments of the backward kernel for this specialisation."""
+    has_g = spec.g is not None
+    ch = spec.charge
+    return dict(DH_DV=ch.triton_dh_dv, DH_DX=ch.triton_dh_dx, DH_DP=ch.triton_dh_dp if has_dp else ch.triton_dh_dx,
+                SG=spec.surrogate.triton_derivative,
+                G_DA=spec.g.triton_dg_da if has_g else _no_g, G_DS=spec.g.triton_dg_ds if has_g else _no_g,
+                HAS_G=has_g, HAS_DP=has_dp, NEEDS_X=needs_x, HARD_RESET=spec.hard_reset,
+                DETACH_RESET=spec.detach_reset, HAS_V0=has_v0, BLOCK=block, CD=cd)
 
 
 # No multiply-add contraction: the charge must round exactly as the PyTorch reference does, so
@@ -266,7 +234,7 @@ class _MultiStepFunction(torch.autograd.Function):
             _multistep_fwd[grid](
                 x_c, sc, out, h, p, v0_c, vt, n, T, float(v_threshold),
                 float(v_reset if v_reset is not None else 0.0),
-                **spec.forward_constants(has_v0=v0 is not None, store_vt=need_vt, save_h=needs_grad, block=block,
+                **forward_constants(spec, has_v0=v0 is not None, store_vt=need_vt, save_h=needs_grad, block=block,
                                          cd=_tl_dtype(cd)),
                 **_LAUNCH_OPTIONS,
             )
@@ -304,7 +272,7 @@ class _MultiStepFunction(torch.autograd.Function):
                 v0 if v0 is not None else h, gx, gsc, gp_partial,
                 n, T, ctx.v_threshold, float(ctx.v_reset if ctx.v_reset is not None else 0.0),
                 float(ctx.surrogate.alpha),
-                **spec.backward_constants(has_dp=has_dp, needs_x=x_saved is not None, has_v0=v0 is not None,
+                **backward_constants(spec, has_dp=has_dp, needs_x=x_saved is not None, has_v0=v0 is not None,
                                           block=block, cd=_tl_dtype(cd)),
                 **_LAUNCH_OPTIONS,
             )
@@ -394,13 +362,13 @@ def compile_ahead(spec: KernelSpec, dtype: torch.dtype = torch.float16, *, arch:
     fwd = build(_multistep_fwd,
                 dict(X=x_ptr, SC=x_ptr, OUT=x_ptr, H=c_ptr, P=c_ptr, V0=c_ptr, VT=c_ptr),
                 dict(N="i32", T="i32", v_th="fp32", v_reset="fp32"),
-                spec.forward_constants(has_v0=False, store_vt=False, save_h=training, block=block, cd=_tl_dtype(cd)))
+                forward_constants(spec, has_v0=False, store_vt=False, save_h=training, block=block, cd=_tl_dtype(cd)))
     bwd = None
     if training:
         bwd = build(_multistep_bwd,
                     dict(GO=x_ptr, X=x_ptr, H=c_ptr, SC=x_ptr, P=c_ptr, V0=c_ptr, GX=x_ptr, GSC=x_ptr, GP=c_ptr),
                     dict(N="i32", T="i32", v_th="fp32", v_reset="fp32", alpha="fp32"),
-                    spec.backward_constants(has_dp=spec.charge.triton_dh_dp is not None,
+                    backward_constants(spec, has_dp=spec.charge.triton_dh_dp is not None,
                                             needs_x=spec.charge.needs_input_in_backward, has_v0=False,
                                             block=block, cd=_tl_dtype(cd)))
     return {"forward": fwd, "backward": bwd}

@@ -14,7 +14,7 @@ from ..surrogates import spike
 
 if TYPE_CHECKING:
     from ..elementwise import ElementwiseFunction
-    from ..neurons.charge import ChargeEquation
+    from .charge import ChargeEquation
     from ..surrogates import Surrogate
 
 

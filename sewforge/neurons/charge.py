@@ -1,55 +1,14 @@
-"""Charge equations: what makes one neuron different from another.
+"""The charge equations of the core neurons (IF, LIF / PLIF), in every form the kernels take.
 
-A neuron's membrane update ``H[t] = f(V[t-1], X[t])`` is given once in PyTorch (the reference,
-differentiated by autograd) and once as ``@triton.jit`` functions with its partial derivatives.
-The kernel compiler (:mod:`sewforge.kernels.multistep`) composes these with any surrogate, reset
-mode and detach choice into fused forward/backward kernels, so a new neuron needs no kernel code.
-
-Conventions shared by both forms:
-
-* ``params`` is a 1-D tensor (``P`` a pointer in Triton) of the neuron's scalar parameters in the
-  compute dtype. Only ``params[0]`` may be learnable; ``dh_dp`` is the derivative with respect to
-  it. The Triton functions read a parameter with ``tl.load(P + i)``.
-* ``v_rest`` is the potential the neuron decays toward: ``v_reset`` for a hard reset, 0 for a soft
-  reset (``v_reset=None``), as in SpikingJelly.
-* The Triton derivatives take ``(v, x, h, P, v_rest)``: ``h`` is the charged potential of the same
-  step, so derivatives that need ``x`` can often use ``h`` instead; set
-  ``needs_input_in_backward=True`` only when they truly read ``x`` (it costs one more read per
-  element in the backward pass).
+The interface, :class:`sewforge.kernels.charge.ChargeEquation`, belongs to the kernels that consume
+it; this module only defines the paper's equations.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
-
-import torch
-
 from .._triton import jit, tl
+from ..kernels.charge import ChargeEquation
 
 __all__ = ["ChargeEquation", "IF_CHARGE", "LIF_CHARGE", "LIF_CHARGE_NO_DECAY_INPUT"]
-
-
-@dataclass(frozen=True)
-class ChargeEquation:
-    """The membrane charge of one neuron type, in PyTorch and in Triton."""
-
-    name: str
-    #: ``(v, x, params, v_rest) -> h`` in PyTorch (differentiable).
-    torch_charge: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
-    #: ``@triton.jit (v, x, P, v_rest) -> h``.
-    triton_charge: Any
-    #: ``@triton.jit (v, x, h, P, v_rest) -> dH/dV``.
-    triton_dh_dv: Any
-    #: ``@triton.jit (v, x, h, P, v_rest) -> dH/dX``.
-    triton_dh_dx: Any
-    #: ``@triton.jit (v, x, h, P, v_rest) -> dH/dparams[0]``, or None when nothing is learnable.
-    triton_dh_dp: Any = None
-    #: Number of scalars in ``params``.
-    num_params: int = 0
-    needs_input_in_backward: bool = False
-
-    def __repr__(self) -> str:
-        return f"ChargeEquation({self.name!r})"
 
 
 # ---- IF: H = V + X --------------------------------------------------------------------------
@@ -69,6 +28,7 @@ IF_CHARGE = ChargeEquation(
     triton_charge=_if_charge,
     triton_dh_dv=_one,
     triton_dh_dx=_one,
+    c_charge="v + x", c_dh_dv="1", c_dh_dx="1",
 )
 
 
@@ -103,6 +63,7 @@ LIF_CHARGE = ChargeEquation(
     triton_dh_dx=_lif_dh_dx,
     triton_dh_dp=_lif_dh_dk,
     num_params=1,
+    c_charge="v + (x - (v - v_rest)) * p0", c_dh_dv="1 - p0", c_dh_dx="p0", c_dh_dp="(h - v) / p0",
 )
 
 
@@ -126,4 +87,5 @@ LIF_CHARGE_NO_DECAY_INPUT = ChargeEquation(
     triton_dh_dx=_one,
     triton_dh_dp=_lif_nd_dh_dk,
     num_params=1,
+    c_charge="v - (v - v_rest) * p0 + x", c_dh_dv="1 - p0", c_dh_dx="1", c_dh_dp="v_rest - v",
 )
