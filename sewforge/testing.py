@@ -1,10 +1,11 @@
 """Conformance checks for neurons, surrogates and element-wise functions, core or plugin.
 
-Each ``check_*`` function runs the fused Triton kernel of a component against the PyTorch
-reference (and, for surrogates, the derivative against a finite difference of the primitive) and
-raises ``AssertionError`` with the failing case when they disagree. Plugin authors call them from
-their own tests in one line; on a machine without a GPU set ``TRITON_INTERPRET=1`` before
-importing sewforge so the kernels run in Triton's interpreter.
+Each ``check_*`` function runs the fused kernels of a component (the fused CPU kernel and the
+Triton kernel) against the PyTorch reference (and, for surrogates, the derivative against a finite
+difference of the primitive) and raises ``AssertionError`` with the failing case when they
+disagree. Plugin authors call them from their own tests in one line; on a machine without a GPU
+set ``TRITON_INTERPRET=1`` before importing sewforge so the Triton kernels run in Triton's
+interpreter (without it, only the fused CPU path is checked on CPU tensors).
 """
 from __future__ import annotations
 
@@ -14,12 +15,21 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 import torch
 
 from .elementwise import ElementwiseFunction, create_elementwise
+from ._triton import HAS_TRITON, interpreting
 from .kernels import multistep_neuron
-from .kernels.multistep import fill_outputs_with
+from .kernels.layout import fill_outputs_with
 from .neurons import BaseNeuron, create_neuron
 from .surrogates import Surrogate, create_surrogate
 
-__all__ = ["TOLERANCES", "compare_to_reference", "check_neuron", "check_surrogate", "check_elementwise"]
+__all__ = ["TOLERANCES", "compare_to_reference", "check_neuron", "check_surrogate", "check_elementwise",
+           "fused_backends"]
+
+
+def fused_backends(device: Any = "cpu") -> Tuple[str, ...]:
+    """The fused implementations that can run on ``device`` in this process."""
+    if torch.device(device).type == "cuda":
+        return ("triton",) if HAS_TRITON else ()
+    return ("cpu",) + (("triton",) if HAS_TRITON and interpreting() else ())
 
 #: (rtol, atol) for gradients, per input dtype; spikes must match exactly in every dtype.
 TOLERANCES: Dict[torch.dtype, Tuple[float, float]] = {
@@ -55,20 +65,28 @@ def compare_to_reference(
     g: Any = None,
     grad_out: Optional[torch.Tensor] = None,
     case: str = "",
+    backend: Optional[str] = None,
 ) -> None:
     """Run ``neuron`` on ``x`` with the Triton kernel and with the reference; spikes must be
-    identical and the gradients of x, the learnable parameter and the shortcut close."""
+    identical and the gradients of x, the learnable parameter and the shortcut close.
+
+    ``backend``: the fused implementation to check (``"cpu"`` or ``"triton"``); by default every
+    one that can run on x's device (:func:`fused_backends`)."""
+    if backend is None:
+        for b in fused_backends(x.device):
+            compare_to_reference(neuron, x, shortcut=shortcut, g=g, grad_out=grad_out, case=case, backend=b)
+        return
     charge = neuron.charge_equation()
-    case = case or f"{type(neuron).__name__}{tuple(x.shape)} {x.dtype}"
+    case = (case or f"{type(neuron).__name__}{tuple(x.shape)} {x.dtype}") + f" [{backend}]"
     results = []
-    for backend in ("torch", "triton"):
+    for backend in ("torch", backend):
         xb = x.detach().clone().requires_grad_(True)
         params = neuron.charge_params().detach().to(x.device).clone()
-        learnable = charge.triton_dh_dp is not None and params.numel() > 0
+        learnable = params.numel() > 0 and any(p.requires_grad for p in neuron.parameters())
         params.requires_grad_(learnable)
         sc = shortcut.detach().clone().requires_grad_(True) if shortcut is not None else None
         with fill_outputs_with(float("nan")):
-            out, _ = multistep_neuron(xb, charge, params, neuron.surrogate, neuron.v_threshold, neuron.v_reset,
+            out, _, _ = multistep_neuron(xb, charge, params, neuron.surrogate, neuron.v_threshold, neuron.v_reset,
                                       neuron.detach_reset, shortcut=sc, g=g, backend=backend)
             go = grad_out if grad_out is not None else torch.ones_like(out)
             out.backward(go.to(out.dtype))
@@ -135,8 +153,8 @@ def check_neuron(
 
 def check_surrogate(surrogate: Any, *, device: Any = "cpu", points: int = 257, **kwargs: Any) -> None:
     """The derivative equals a central finite difference of the primitive (where there is one),
-    and the Triton derivative equals the PyTorch one (through a one-step IF kernel, whose input
-    gradient is exactly ``sigma'(x - V_th)``)."""
+    and each fused kernel's derivative (C, Triton) equals the PyTorch one (through a one-step IF
+    kernel, whose input gradient is exactly ``sigma'(x - V_th)``)."""
     sg: Surrogate = create_surrogate(surrogate, **kwargs)
     x = torch.linspace(-3.0, 3.0, points, dtype=torch.float64)
     d = sg.derivative(x)
@@ -154,14 +172,15 @@ def check_surrogate(surrogate: Any, *, device: Any = "cpu", points: int = 257, *
                                  f"by {err.max().item():.3g}")
     neuron = create_neuron("IF", surrogate=sg)
     xs = x.float().reshape(1, -1).to(device)
-    out = []
-    for backend in ("torch", "triton"):
+    out = {}
+    for backend in ("torch",) + fused_backends(device):
         xb = xs.clone().requires_grad_(True)
-        o, _ = multistep_neuron(xb, neuron.charge_equation(), neuron.charge_params(), sg, 0.0, 0.0, True,
-                                backend=backend)
+        o, _, _ = multistep_neuron(xb, neuron.charge_equation(), neuron.charge_params(), sg, 0.0, 0.0, True,
+                                   backend=backend)
         o.sum().backward()
-        out.append(xb.grad)
-    _close("surrogate derivative", out[1], out[0], torch.float32, f"{sg!r} (Triton vs PyTorch)")
+        out[backend] = xb.grad
+    for backend, grad in out.items():
+        _close("surrogate derivative", grad, out["torch"], torch.float32, f"{sg!r} ({backend} vs PyTorch)")
 
 
 def check_elementwise(g: Any, *, device: Any = "cpu") -> None:
@@ -173,7 +192,9 @@ def check_elementwise(g: Any, *, device: Any = "cpu") -> None:
     neuron = create_neuron("IF", surrogate="Constant")
     compare_to_reference(neuron, a_in, shortcut=s, g=fn, case=f"g={fn.name} truth table")
     expect = fn.torch_fn(torch.tensor([0.0, 0.0, 1.0, 1.0]), s.cpu()[0])
-    got, _ = multistep_neuron(a_in, neuron.charge_equation(), neuron.charge_params(), neuron.surrogate,
-                              backend="triton", shortcut=s, g=fn)
-    if not torch.equal(got.cpu()[0], expect):
-        raise AssertionError(f"g={fn.name}: kernel truth table {got.cpu()[0].tolist()} != {expect.tolist()}")
+    for backend in fused_backends(device):
+        got, _, _ = multistep_neuron(a_in, neuron.charge_equation(), neuron.charge_params(), neuron.surrogate,
+                                     backend=backend, shortcut=s, g=fn)
+        if not torch.equal(got.cpu()[0], expect):
+            raise AssertionError(f"g={fn.name}: {backend} kernel truth table {got.cpu()[0].tolist()} != "
+                                 f"{expect.tolist()}")

@@ -1,33 +1,42 @@
 """Fused kernels and the dispatch between them and the PyTorch reference.
 
-``SEWFORGE_BACKEND`` chooses: ``auto`` (default: Triton for CUDA tensors, the reference
-otherwise), ``triton`` (also on CPU tensors when ``TRITON_INTERPRET=1`` was set before import), or
-``torch`` (the reference everywhere).
+``SEWFORGE_BACKEND`` (or a neuron's ``backend=``) chooses: ``auto`` (default: the Triton kernels
+for CUDA tensors, the fused CPU kernels for CPU tensors, the reference on other devices),
+``triton`` (also on CPU tensors when ``TRITON_INTERPRET=1`` was set before import), ``cpu`` (the
+fused CPU kernels) or ``torch`` (the PyTorch reference, :mod:`sewforge.kernels.reference`: the
+ground truth of the tests, differentiated by autograd; the only path with second derivatives).
+The fused paths run as ``torch.library`` custom ops (:mod:`sewforge.kernels.ops`), so
+``torch.compile`` sees one node per neuron.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional
 
 import torch
 
 from .._triton import HAS_TRITON, interpreting
 from .reference import multistep_reference
 
-__all__ = ["multistep_neuron", "resolve_backend", "HAS_TRITON", "BACKENDS"]
+__all__ = ["multistep_neuron", "resolve_backend", "NeuronResult", "HAS_TRITON", "BACKENDS"]
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "cpu", "torch")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
-    """``"triton"`` or ``"torch"`` for a tensor, from the argument or ``SEWFORGE_BACKEND``."""
+    """``"triton"``, ``"cpu"`` or ``"torch"`` for a tensor, from the argument or ``SEWFORGE_BACKEND``."""
     source = "backend argument" if backend is not None else "SEWFORGE_BACKEND"
     choice = (backend if backend is not None else os.environ.get("SEWFORGE_BACKEND", "auto")).strip().lower()
     if choice not in BACKENDS:
         raise ValueError(f"{source}={choice!r} is not a backend; use one of {', '.join(BACKENDS)}")
     if choice == "auto":
-        return "triton" if (HAS_TRITON and x.is_cuda) else "torch"
+        if x.is_cuda:
+            return "triton" if HAS_TRITON else "torch"
+        return "cpu" if x.device.type == "cpu" else "torch"
+    if choice == "cpu" and x.device.type != "cpu":
+        raise RuntimeError(f"{source}='cpu' with a {x.device} tensor: the fused CPU kernels take CPU tensors; "
+                           "use 'auto' (or 'triton' on CUDA, 'torch' elsewhere)")
     if choice == "triton":
         if not HAS_TRITON:
             raise RuntimeError(f"{source}='triton' but Triton is not installed; install triton or use 'torch'")
@@ -73,12 +82,15 @@ def multistep_neuron(
     g: Any = None,
     backend: Optional[str] = None,
     need_state: bool = False,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Run a neuron over all T steps: ``(out, v_last)``.
+    count: bool = False,
+) -> "NeuronResult":
+    """Run a neuron over all T steps: ``(out, v_last, spike_count)``.
 
-    ``out`` is the spike sequence shaped like ``x``, or ``g(spikes, shortcut)`` when ``g`` is
-    given (the fused SEW op). ``v_last`` is the membrane potential after the last step (for
-    streaming); it carries no gradient.
+    ``out`` is the spike sequence shaped like ``x`` (and in its memory layout), or
+    ``g(spikes, shortcut)`` when ``g`` is given (the fused SEW op). ``v_last`` is the membrane
+    potential after the last step when ``need_state`` (for streaming); it carries no gradient.
+    ``spike_count`` (when ``count``) is a 1-element float64 tensor: the number of the neuron's own
+    spikes (before g) over all steps and elements, counted inside the fused op.
     """
     from ..elementwise import create_elementwise
     from ..surrogates import create_surrogate
@@ -93,12 +105,32 @@ def multistep_neuron(
                          "shortcut=S of the input's shape (or no g for plain spikes)")
     g_fn = create_elementwise(g) if g is not None else None
     sg = create_surrogate(surrogate)
-    if resolve_backend(x, backend) == "triton":
-        from .multistep import multistep_triton
+    impl = resolve_backend(x, backend)
+    if impl != "torch":
+        from .ops import fused_neuron
+        from .spec import specialize
 
-        out, vt = multistep_triton(x, charge, params, sg, v_threshold, v_reset, detach_reset,
-                                v0=v0, shortcut=shortcut, g=g_fn, need_vt=need_state)
-        return out, (vt if need_state else None)
+        if charge.num_params and params.numel() < charge.num_params:
+            raise ValueError(f"neuron {charge.name} needs {charge.num_params} parameters, got {params.numel()}")
+        spec = specialize(charge, sg, g_fn, v_reset is not None, detach_reset)
+        out, vt, c = fused_neuron(x, spec, params, sg.alpha, v_threshold, v_reset, impl=impl, v0=v0,
+                                  shortcut=shortcut if g_fn is not None else None, need_state=need_state,
+                                  count=count)
+        return NeuronResult(out, vt, c)
     out, v = multistep_reference(x, charge, params, sg, v_threshold, v_reset, detach_reset,
                                  v0=v0, shortcut=shortcut, g=g_fn)
-    return out, (v.detach() if need_state else None)
+    c = None
+    if count:
+        with torch.no_grad():  # the neuron's own spikes: the reference run again without g
+            a = out if g_fn is None else multistep_reference(x.detach(), charge, params.detach(), sg, v_threshold,
+                                                             v_reset, detach_reset, v0=v0)[0]
+            c = a.sum(dtype=torch.float64).reshape(1)
+    return NeuronResult(out, v.detach() if need_state else None, c)
+
+
+class NeuronResult(NamedTuple):
+    """What :func:`multistep_neuron` returns."""
+
+    out: torch.Tensor
+    v_last: Optional[torch.Tensor]
+    spike_count: Optional[torch.Tensor]

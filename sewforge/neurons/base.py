@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..kernels import BACKENDS, multistep_neuron
+from ..kernels.charge import ChargeEquation
+from ..memory import mark_spikes
 from ..surrogates import Surrogate, create_surrogate
-from .charge import ChargeEquation
 
 __all__ = ["BaseNeuron", "check_tau"]
 
@@ -71,6 +72,11 @@ class BaseNeuron(nn.Module):
                              "(or None for SEWFORGE_BACKEND)")
         self.backend = backend
         self.v: Optional[torch.Tensor] = None
+        #: count the neuron's own spikes inside the fused op (firing rates without un-fusing g):
+        #: after each forward, ``spike_count`` (1-element float64 tensor) and ``spike_numel``.
+        self.count_spikes = False
+        self.spike_count: Optional[torch.Tensor] = None
+        self.spike_numel = 0
 
     # to be provided by each neuron -------------------------------------------------------
     def charge_equation(self) -> ChargeEquation:
@@ -126,12 +132,15 @@ class BaseNeuron(nn.Module):
         params = self.charge_params()
         if params.device != x.device:
             params = params.to(x.device)
-        out, v_last = multistep_neuron(
+        out, v_last, count = multistep_neuron(
             x, self.charge_equation(), params, self.surrogate, self.v_threshold, self.v_reset,
-            self.detach_reset, v0=v0, shortcut=shortcut, g=g, backend=self.backend, need_state=self.stateful)
+            self.detach_reset, v0=v0, shortcut=shortcut, g=g, backend=self.backend, need_state=self.stateful,
+            count=self.count_spikes)
         if self.stateful:
             self.v = v_last
-        return out
+        if self.count_spikes:
+            self.spike_count, self.spike_numel = count, x.numel()
+        return mark_spikes(out, binary=g is None)
 
     def extra_repr(self) -> str:
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset:g}"
