@@ -4,6 +4,11 @@ The interpreter that runs the kernels in the other tests is more lenient than th
 constexpr branches, pointer arithmetic), so here the kernels are compiled ahead of time down to a
 cubin for sm_90 (H100) and sm_80 (A100), which needs no GPU. It runs in a subprocess because the
 rest of the suite imports the kernels with TRITON_INTERPRET=1.
+
+The cases form a covering set: on each architecture every boolean specialisation flag of both
+kernels (g, ADD's shortcut-free backward, each gradient asked for or not, the spike count, the
+learnable parameter, a charge that reads X, the initial and final state, saving H, reset modes)
+takes both values, as do the state dtype (fp32 / fp64) and the width of N (32 / 64 bits).
 """
 import json
 import os
@@ -19,32 +24,43 @@ from sewforge.kernels import HAS_TRITON
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
-    import itertools, json, re, torch
+    import dataclasses, itertools, json, re, torch
     from sewforge.elementwise import create_elementwise
     from sewforge.kernels.multistep import compile_ahead, specialize
     from sewforge.neurons import IF_CHARGE, LIF_CHARGE, LIF_CHARGE_NO_DECAY_INPUT
     from sewforge.surrogates import create_surrogate
     import sewforge
 
-    charges = [IF_CHARGE, LIF_CHARGE, LIF_CHARGE_NO_DECAY_INPUT]
+    LIF_READS_X = dataclasses.replace(LIF_CHARGE, name="LIF(reads X)", needs_input_in_backward=True)
+    f16, bf16, f32, f64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+    # (charge, g, (hard, detach), dtype, compile_ahead flags): together every flag value
+    flags = [
+        (IF_CHARGE, None, (True, True), f16, dict()),
+        (LIF_CHARGE, "ADD", (False, False), bf16, dict(has_v0=True, need_vt=True, count=True)),
+        (LIF_CHARGE_NO_DECAY_INPUT, "AND", (True, False), f32, dict(need_gx=False, need_gsc=False)),
+        (LIF_READS_X, "IAND", (False, True), f64, dict(need_gp=False, count=True, sc_dtype=f32)),
+        (IF_CHARGE, "AND", (True, True), f16, dict(training=False, need_vt=True)),
+        (LIF_CHARGE, None, (False, True), f16, dict(large=True, has_v0=True)),
+    ]
     surrogates = sewforge.list_surrogates()
-    gs = [None, "ADD", "AND", "IAND"]
-    modes = [(True, True), (False, False), (True, False), (False, True)]
-    dtypes = [torch.float16, torch.bfloat16, torch.float32]
-    cases = []
-    for i, sg in enumerate(surrogates):  # every surrogate, every g, charge, reset mode and dtype at least once
-        cases.append((charges[i % 3], sg, gs[i % 4], modes[i % 4], dtypes[i % 3], 90))
-    cases.append((LIF_CHARGE, "ATan", "IAND", (True, True), torch.float16, 80))
     out = []
-    for charge, sg, g, (hard, detach), dtype, arch in cases:
-        spec = specialize(charge, create_surrogate(sg), create_elementwise(g) if g else None, hard, detach)
-        k = compile_ahead(spec, dtype, arch=arch)
-        ptx = k["forward"].asm["ptx"] + k["backward"].asm["ptx"]
-        ttir = k["forward"].asm["ttir"] + k["backward"].asm["ttir"]
-        out.append(dict(case=spec.describe() + f" {dtype} sm_{arch}",
-                        cubin=all(len(k[p].asm["cubin"]) > 0 for p in ("forward", "backward")),
-                        fma="fma.rn.f32" in ptx,
-                        mul32=[m.group(0) for m in re.finditer(r"arith.muli[^:]*: i32", ttir)]))
+    for arch in (90, 80):
+        for i in range(max(len(flags), len(surrogates))):  # every surrogate at least once
+            charge, g, (hard, detach), dtype, kw = flags[i % len(flags)]
+            sg = surrogates[i % len(surrogates)]
+            spec = specialize(charge, create_surrogate(sg), create_elementwise(g) if g else None, hard, detach)
+            k = compile_ahead(spec, dtype, arch=arch, **kw)
+            kernels = [k[p] for p in ("forward", "backward") if k[p] is not None]
+            ptx = "".join(c.asm["ptx"] for c in kernels)
+            ttir = "".join(c.asm["ttir"] for c in kernels)
+            const = {p: {n: (v if isinstance(v, bool) else str(v)) for n, v in (c or {}).items()
+                         if isinstance(v, bool) or n == "CD"} for p, c in k["constants"].items()}
+            out.append(dict(case=spec.describe() + f" {dtype} {kw} sm_{arch}", arch=arch, constants=const,
+                            large=bool(kw.get("large")), count=bool(kw.get("count")),
+                            cubin=all(len(c.asm["cubin"]) > 0 for c in kernels),
+                            fma=("fma.rn.f32" in ptx) or ("fma.rn.f64" in ptx),
+                            atomic=bool(re.search(r"\\b(red|atom)\\.global", k["forward"].asm["ptx"])),
+                            mul32=[m.group(0) for m in re.finditer(r"arith.muli[^:]*: i32", ttir)]))
     print(json.dumps(out))
 """)
 
@@ -56,10 +72,22 @@ def test_kernels_compile_for_hopper_and_ampere_without_fused_multiply_add():
     res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     cases = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(cases) >= 7
     for c in cases:
         assert c["cubin"], c["case"]
         # the charge must round as the PyTorch reference does: no multiply-add contraction
         assert not c["fma"], c["case"]
         # element offsets t * N reach past 2**31 on large activations (T * N elements): 64-bit only
         assert not c["mul32"], (c["case"], c["mul32"])
+        # the spike count is the forward's only atomic
+        assert c["atomic"] == c["count"], c["case"]
+    for arch in (90, 80):  # a covering set on each architecture
+        mine = [c for c in cases if c["arch"] == arch]
+        assert {c["large"] for c in mine} == {False, True}, arch
+        for kernel in ("forward", "backward"):
+            seen = {}
+            for c in mine:
+                for name, value in (c["constants"][kernel] or {}).items():
+                    seen.setdefault(name, set()).add(value)
+            assert seen["CD"] == {"fp32", "fp64"}, (arch, kernel)
+            single = {name: values for name, values in seen.items() if name != "CD" and len(values) < 2}
+            assert not single, (arch, kernel, single)
