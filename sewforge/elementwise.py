@@ -17,7 +17,7 @@ from .registry import ELEMENTWISE
 __all__ = ["ElementwiseFunction", "create_elementwise", "sew_function", "ADD", "AND", "IAND"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: compared and hashed by object, cheaply (also under torch.compile)
 class ElementwiseFunction:
     """``g(a, s)`` in PyTorch and Triton, with ``dg/da`` and ``dg/ds`` for the fused backward."""
 

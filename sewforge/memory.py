@@ -16,7 +16,11 @@ _ATTR = "_sewforge_spikes"
 
 
 def mark_spikes(t: torch.Tensor, binary: bool) -> torch.Tensor:
-    """Mark ``t`` as a neuron's output: ``binary`` (0/1 by construction) or possibly-integer."""
+    """Mark ``t`` as a neuron's output: ``binary`` (0/1 by construction) or possibly-integer.
+
+    Not under ``torch.compile``, whose compiled graph decides itself what it saves."""
+    if torch.compiler.is_compiling():
+        return t
     try:
         setattr(t, _ATTR, "binary" if binary else "integer")
     except (AttributeError, RuntimeError):  # e.g. a tensor subclass under tracing

@@ -172,6 +172,7 @@ def test_pytorch_only_charge_runs_fused_on_cpu(g):
 def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "_compiler", lambda: None)
     monkeypatch.setattr(cpu, "_LIBS", {})
+    monkeypatch.setattr(cpu, "_IMPL", {})
     monkeypatch.setattr(cpu, "_WARNED", [])
     x = torch.randn(5, 8) * 2
     with pytest.warns(RuntimeWarning, match="no C compiler found"):
@@ -186,6 +187,7 @@ def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
 def test_failing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu, "_compiler", lambda: "/bin/false")
     monkeypatch.setattr(cpu, "_LIBS", {})
+    monkeypatch.setattr(cpu, "_IMPL", {})
     monkeypatch.setattr(cpu, "_BROKEN", {})
     monkeypatch.setattr(cpu, "_WARNED", [])
     monkeypatch.setenv("SEWFORGE_KERNEL_CACHE", str(tmp_path))
@@ -199,11 +201,13 @@ def test_failing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
 def test_compiled_kernels_are_cached_on_disk(monkeypatch, tmp_path):
     monkeypatch.setenv("SEWFORGE_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setattr(cpu, "_LIBS", {})
+    monkeypatch.setattr(cpu, "_IMPL", {})
     spec = _spec_of(sewforge.create_neuron("PLIF", surrogate="Sigmoid"), "IAND")
     assert cpu.compiled_library(spec, torch.bfloat16) is not None
     files = list(tmp_path.glob("*.so"))
     assert len(files) == 1
     monkeypatch.setattr(cpu, "_LIBS", {})
+    monkeypatch.setattr(cpu, "_IMPL", {})
     assert cpu.compiled_library(spec, torch.bfloat16) is not None
     assert list(tmp_path.glob("*.so")) == files  # the second process-level load reuses the file
 

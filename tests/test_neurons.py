@@ -96,7 +96,7 @@ def test_repr_names_the_settings():
     (dict(v_reset=2.0), "v_reset (2.0) must be below v_threshold"),
     (dict(surrogate="ATann"), "did you mean 'ATan'"),
     (dict(unknown_arg=1), "unknown_arg"),
-    (dict(backend="cuda"), "LIFNode: backend='cuda' is not a backend; use one of auto, triton, torch"),
+    (dict(backend="cuda"), "LIFNode: backend='cuda' is not a backend; use one of auto, triton, cpu, torch"),
 ])
 def test_invalid_parameters_are_named(kwargs, needle):
     with pytest.raises((ValueError, KeyError)) as exc:

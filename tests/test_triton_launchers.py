@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from sewforge.elementwise import create_elementwise
 from sewforge.kernels import multistep
+from sewforge.kernels import multistep_neuron
 from sewforge.kernels.multistep import (compile_ahead, fill_outputs_with, force_block, specialize, time_dense,
                                         traffic_bytes, triton_backward, triton_forward)
 from sewforge.kernels.reference import compute_dtype, multistep_reference
@@ -241,19 +242,24 @@ def test_layouts_the_kernel_cannot_address_are_refused():
         triton_forward(x, x, p.double(), None, spec, 1.0, 0.0, save_h=False, need_vt=False, count=False)
 
 
-def test_multistep_triton_keeps_channels_last_and_accepts_any_layout():
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_fused_op_keeps_channels_last_and_accepts_any_layout(backend):
     gen = torch.Generator().manual_seed(9)
     x = channels_last(C, HW, HW, gen=gen).requires_grad_(True)
     sg = create_surrogate("ATan")
-    out, _ = multistep.multistep_triton(x, LIF_CHARGE, torch.tensor([0.5]), sg, 1.0, 0.0, True)
+
+    def fused(inp):
+        return multistep_neuron(inp, LIF_CHARGE, torch.tensor([0.5]), sg, 1.0, 0.0, True, backend=backend)
+
+    out = fused(x)[0]
     assert out.stride() == x.stride()
     out.sum().backward()  # an expanded (stride 0) gradient is laid out again before the kernel
     xr = x.detach().clone().requires_grad_(True)
     multistep_reference(xr, LIF_CHARGE, torch.tensor([0.5]), sg, 1.0, 0.0, True)[0].sum().backward()
     close(x.grad, xr.grad, torch.float32)
     y = x.detach().transpose(0, 1)  # time not outermost: copied for the kernel
-    torch.testing.assert_close(multistep.multistep_triton(y, LIF_CHARGE, torch.tensor([0.5]), sg, 1.0, 0.0, True)[0],
-                               multistep_reference(y, LIF_CHARGE, torch.tensor([0.5]), sg, 1.0, 0.0, True)[0])
+    torch.testing.assert_close(fused(y)[0], multistep_reference(y, LIF_CHARGE, torch.tensor([0.5]), sg, 1.0, 0.0,
+                                                                True)[0])
 
 
 @settings(max_examples=8)

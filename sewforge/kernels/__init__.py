@@ -108,12 +108,13 @@ def multistep_neuron(
     impl = resolve_backend(x, backend)
     if impl != "torch":
         from .ops import fused_neuron
-        from .spec import specialize
+        from .spec import resolve
 
         if charge.num_params and params.numel() < charge.num_params:
             raise ValueError(f"neuron {charge.name} needs {charge.num_params} parameters, got {params.numel()}")
-        spec = specialize(charge, sg, g_fn, v_reset is not None, detach_reset)
-        out, vt, c = fused_neuron(x, spec, params, sg.alpha, v_threshold, v_reset, impl=impl, v0=v0,
+        dtype = x.dtype if shortcut is None or g_fn is None else torch.promote_types(x.dtype, shortcut.dtype)
+        key, how = resolve(charge, type(sg), g_fn, v_reset is not None, detach_reset, dtype, impl)
+        out, vt, c = fused_neuron(x, key, how, params, sg.alpha, v_threshold, v_reset, v0=v0,
                                   shortcut=shortcut if g_fn is not None else None, need_state=need_state,
                                   count=count)
         return NeuronResult(out, vt, c)

@@ -20,9 +20,9 @@ Conventions shared by both forms:
   ``needs_input_in_backward=True`` only when they truly read ``x`` (it costs one more read per
   element in the backward pass).
 * The C expressions use the same names: ``v``, ``x``, ``h``, ``v_rest`` and the parameters as
-  ``p0``, ``p1``, ...; all are of the compute type (``float``, or ``double`` for fp64 input), and
-  ``<math.h>`` functions of that type may be called (``expf`` / ``exp`` both work: the kernel
-  source is compiled once per compute type with a ``real`` typedef).
+  ``p0``, ``p1``, ...; all are of type ``real`` (``float``, or ``double`` for fp64 input). Call
+  math functions through the macros ``EXP``, ``LOG``, ``SQRT``, ``FABS``, ``TANH``, ``ATAN`` and
+  ``POW``, which pick the function of the compute type; write constants as ``(real)0.5``.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import torch
 __all__ = ["ChargeEquation"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: compared and hashed by object, cheaply (also under torch.compile)
 class ChargeEquation:
     """The membrane charge of one neuron type, in PyTorch and in Triton."""
 

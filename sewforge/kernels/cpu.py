@@ -360,13 +360,18 @@ def c_available(spec: KernelSpec) -> bool:
             and (spec.g is None or spec.g.has_c))
 
 
+_IMPL: Dict[Tuple[KernelSpec, torch.dtype], str] = {}
+
+
 def cpu_impl(spec: KernelSpec, dtype: torch.dtype) -> str:
     """``"c"`` when the compiled kernel will run for this call, else ``"torch"``."""
     if os.environ.get("SEWFORGE_CPU_KERNEL", "auto").strip().lower() == "torch":
         return "torch"
-    if not c_available(spec) or compiled_library(spec, dtype) is None:
-        return "torch"
-    return "c"
+    impl = _IMPL.get((spec, dtype))
+    if impl is None:
+        impl = "c" if c_available(spec) and compiled_library(spec, dtype) is not None else "torch"
+        _IMPL[(spec, dtype)] = impl
+    return impl
 
 
 # ---- threading -------------------------------------------------------------------------------
@@ -412,6 +417,17 @@ def _function(lib: ctypes.CDLL, name: str, argtypes) -> ctypes._CFuncPtr:
 
 
 # ---- the launchers (same contract as the Triton ones) ---------------------------------------------
+def _library_for(spec: KernelSpec, *dtypes: torch.dtype) -> ctypes.CDLL:
+    if len(set(dtypes)) != 1:
+        raise ValueError(f"the fused CPU kernel takes one dtype for X, the shortcut and the gradient, got "
+                         f"{', '.join(map(str, dtypes))}")
+    lib = compiled_library(spec, dtypes[0]) if c_available(spec) else None
+    if lib is None:
+        raise RuntimeError(f"no compiled CPU kernel for {spec.describe()} in {dtypes[0]}; the plain-PyTorch path "
+                           "(torch_forward / torch_backward) runs it")
+    return lib
+
+
 _alloc = new_output
 
 
@@ -422,10 +438,7 @@ def cpu_forward(x, shortcut, params, v0, spec: KernelSpec, v_threshold: float, v
     Tensors follow the launcher contract of :mod:`sewforge.kernels.ops`: ``x`` dense with time
     outermost, ``shortcut`` of the same layout and dtype, ``params`` 1-D in the compute dtype.
     """
-    if cpu_impl(spec, x.dtype) == "torch" or x.dtype != (shortcut.dtype if shortcut is not None else x.dtype):
-        return torch_forward(x, shortcut, params, v0, spec, v_threshold, v_reset, save_h=save_h, need_vt=need_vt,
-                             count=count)
-    lib = compiled_library(spec, x.dtype)
+    lib = _library_for(spec, x.dtype, shortcut.dtype if shortcut is not None else x.dtype)
     cd = compute_dtype(x.dtype)
     T = x.shape[0]
     n = x[0].numel() if T > 0 else 0
@@ -453,12 +466,7 @@ def cpu_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_thres
                  v_reset: Optional[float], alpha: float, *, need_gx: bool, need_gsc: bool, need_gp: bool,
                  x_dtype: torch.dtype, sc_dtype: Optional[torch.dtype]):
     """``(grad_x, grad_shortcut, grad_params)`` of the fused backward on the CPU."""
-    if (cpu_impl(spec, x_dtype) == "torch" or (sc_dtype is not None and sc_dtype != x_dtype)
-            or grad_out.dtype != x_dtype):
-        return torch_backward(grad_out, x, h, shortcut, params, v0, spec, v_threshold, v_reset, alpha,
-                              need_gx=need_gx, need_gsc=need_gsc, need_gp=need_gp, x_dtype=x_dtype,
-                              sc_dtype=sc_dtype)
-    lib = compiled_library(spec, x_dtype)
+    lib = _library_for(spec, x_dtype, sc_dtype or x_dtype, grad_out.dtype)
     cd = h.dtype
     T = h.shape[0]
     n = h[0].numel() if T > 0 else 0

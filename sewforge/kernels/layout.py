@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["time_dense", "as_time_dense", "new_output", "fill_outputs_with", "advise_huge_pages", "tune_cpu_allocator"]
+__all__ = ["time_dense", "as_time_dense", "same_layout", "new_output", "fill_outputs_with", "advise_huge_pages", "tune_cpu_allocator"]
 
 _OUTPUT_FILL: Optional[float] = None
 
@@ -77,26 +77,30 @@ def time_dense(x: torch.Tensor) -> bool:
     (contiguous, or channels_last per step with time outermost) and ``empty_like`` keeps that."""
     if x.dim() == 0:
         return False
-    if x.is_contiguous():
+    if x.numel() == 0 or x.is_contiguous():
         return True
-    if x.shape[0] > 1 and x.stride(0) != x[0].numel():
+    n = x.numel() // x.shape[0]
+    if x.shape[0] > 1 and x.stride(0) != n:
         return False
     # dense and non-overlapping within a step: the strides are a permutation of a contiguous layout
-    step = x[0] if x.dim() > 1 else x
-    dims = sorted((st, sz) for st, sz in zip(step.stride(), step.shape) if sz != 1)
     expected = 1
-    for st, sz in dims:
+    for st, sz in sorted((st, sz) for st, sz in zip(x.stride()[1:], x.shape[1:]) if sz != 1):
         if st != expected:
             return False
         expected *= sz
     return True
 
 
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and equal strides wherever a dimension has more than one element."""
+    return a.shape == b.shape and all(sa == sb for sa, sb, sz in zip(a.stride(), b.stride(), a.shape) if sz != 1)
+
+
 def as_time_dense(x: torch.Tensor, like: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x`` itself when it is time-dense (and has ``like``'s strides, if given), else a copy that is."""
+    """``x`` itself when it is time-dense (and laid out like ``like``, if given), else a copy that is."""
     if like is None:
         return x if time_dense(x) else x.contiguous()
-    if x.stride() == like.stride() or x.numel() <= 1:
+    if same_layout(x, like) or x.numel() <= 1:
         return x
     out = torch.empty_like(like, dtype=x.dtype)
     out.copy_(x)

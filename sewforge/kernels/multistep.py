@@ -53,34 +53,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .._triton import HAS_TRITON, interpreting, jit, tl
+from .layout import fill_outputs_with, new_output as _empty_like, same_layout, time_dense  # noqa: F401
 from .reference import compute_dtype
 from .spec import KernelSpec, specialize, specializations  # noqa: F401  (re-exported)
 
-__all__ = ["KernelSpec", "specialize", "specializations", "multistep_triton", "triton_forward", "triton_backward",
+__all__ = ["KernelSpec", "specialize", "specializations", "triton_forward", "triton_backward",
            "fill_outputs_with", "force_block", "time_dense", "compile_ahead", "traffic_bytes", "TUNING_CONFIGS"]
-
-_OUTPUT_FILL: Optional[float] = None
-
-
-@contextlib.contextmanager
-def fill_outputs_with(value: float = float("nan")):
-    """Pre-fill every tensor the kernels write (instead of leaving it uninitialised), so a test
-    sees any element a kernel forgot to write."""
-    global _OUTPUT_FILL
-    old, _OUTPUT_FILL = _OUTPUT_FILL, value
-    try:
-        yield
-    finally:
-        _OUTPUT_FILL = old
-
-
-def _empty_like(ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An output laid out like ``ref`` (``empty_like`` keeps the strides of a dense tensor)."""
-    t = torch.empty_like(ref, dtype=dtype)
-    if _OUTPUT_FILL is not None:
-        t.fill_(_OUTPUT_FILL)
-    return t
-
 
 @jit
 def _no_g(a, s):
@@ -310,30 +288,8 @@ def _launch(raw, tuned, n: int, args: tuple, constants: Dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-def _dense(shape, strides) -> bool:
-    """Non-overlapping and dense in some order of the dimensions (contiguous, channels_last, ...)."""
-    expected = 1
-    for st, sz in sorted((st, sz) for sz, st in zip(shape, strides) if sz != 1):
-        if st != expected:
-            return False
-        expected *= sz
-    return True
-
-
-def time_dense(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a flat buffer of T steps of N elements: time outermost, each step dense."""
-    if x.numel() == 0:
-        return True
-    n = x.numel() // x.shape[0]
-    return (x.shape[0] == 1 or x.stride(0) == n) and _dense(x.shape[1:], x.stride()[1:])
-
-
-def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and all(sa == sb for sa, sb, sz in zip(a.stride(), b.stride(), a.shape) if sz != 1)
-
-
 def _check_layout(name: str, t: Optional[torch.Tensor], ref: torch.Tensor) -> None:
-    if t is not None and t.numel() and not _same_layout(t, ref):
+    if t is not None and t.numel() and not same_layout(t, ref):
         raise ValueError(f"{name} has shape {tuple(t.shape)} and strides {t.stride()}; the fused kernel needs "
                          f"those of the input, {tuple(ref.shape)} and {ref.stride()}")
 
@@ -477,92 +433,12 @@ def triton_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_th
     return gx, gsc, gp
 
 
-# --------------------------------------------------------------------------------------------
-def _layout_like(t: Optional[torch.Tensor], ref: torch.Tensor) -> Optional[torch.Tensor]:
-    """``t`` itself when laid out like ``ref``, else a copy that is."""
-    if t is None or _same_layout(t, ref):
-        return t
-    return torch.empty_like(ref, dtype=t.dtype).copy_(t)
-
-
-class _MultiStepFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, params, shortcut, v0, spec, surrogate, v_threshold, v_reset, need_vt):  # type: ignore[override]
-        cd = compute_dtype(x.dtype)
-        has_g = spec.g is not None
-        x_l = x if time_dense(x) else x.contiguous()
-        sc = _layout_like(shortcut, x_l) if has_g else None
-        v0_l = _layout_like(v0, x_l[0]) if v0 is not None and x.shape[0] > 0 else v0
-        p = params.detach().to(device=x.device, dtype=cd).reshape(-1)
-        if p.numel() == 0:
-            p = torch.zeros(1, dtype=cd, device=x.device)
-        needs_grad = any(ctx.needs_input_grad[:3])
-        out, h, vt, _ = triton_forward(x_l, sc, p, v0_l, spec, v_threshold, v_reset,
-                                       save_h=needs_grad, need_vt=need_vt, count=False)
-        if vt is None:
-            vt = torch.empty(0, dtype=cd, device=x.device)
-        ctx.spec, ctx.surrogate = spec, surrogate
-        ctx.v_threshold, ctx.v_reset = float(v_threshold), v_reset
-        ctx.x_dtype, ctx.sc_dtype = x.dtype, (shortcut.dtype if has_g else None)
-        ctx.n_params = params.numel()
-        if needs_grad:
-            ctx.save_for_backward(
-                x_l if spec.charge.needs_input_in_backward else None, h,
-                sc if has_g and spec.g.backward_reads_s else None, p, v0_l)
-        ctx.mark_non_differentiable(vt)
-        return out, vt
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_vt):  # type: ignore[override]
-        x_saved, h, sc, p, v0 = ctx.saved_tensors
-        spec = ctx.spec
-        go = _layout_like(grad_out, h)
-        need_gx, need_gp, need_gsc = ctx.needs_input_grad[:3]
-        gx, gsc, gp = triton_backward(go, x_saved, h, sc, p, v0, spec, ctx.v_threshold, ctx.v_reset,
-                                      float(ctx.surrogate.alpha), need_gx=need_gx, need_gsc=need_gsc,
-                                      need_gp=need_gp, x_dtype=ctx.x_dtype, sc_dtype=ctx.sc_dtype)
-        if gp is not None:
-            gp = gp[:ctx.n_params]
-        if torch.is_grad_enabled():  # create_graph=True: the kernel's gradients have no derivative
-            anchor = torch.zeros(0, device=h.device, requires_grad=True)  # puts the marker in the graph
-            gx, gp, gsc = (_NotTwiceDifferentiable.apply(t, anchor) if t is not None else None
-                           for t in (gx, gp, gsc))
-        return gx, gp, gsc, None, None, None, None, None, None
-
-
-class _NotTwiceDifferentiable(torch.autograd.Function):
-    """Marks a gradient computed by the backward kernel: differentiating it again raises (rather
-    than silently treating it as a constant, as a plain kernel output would be)."""
-
-    @staticmethod
-    def forward(ctx, grad, anchor):  # type: ignore[override]
-        return grad.clone()
-
-    @staticmethod
-    def backward(ctx, _grad):  # type: ignore[override]
-        raise RuntimeError(
-            "sewforge's Triton neuron kernel cannot differentiate twice through its own backward "
-            "(create_graph=True, e.g. a gradient penalty); use backend='torch' (SEWFORGE_BACKEND=torch) "
-            "for higher-order gradients")
-
-
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
 def _tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def multistep_triton(x, charge, params, surrogate, v_threshold, v_reset, detach_reset,
-                     v0=None, shortcut=None, g=None, need_vt=False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fused kernel version of :func:`sewforge.kernels.reference.multistep_reference`."""
-    spec = specialize(charge, surrogate, g, v_reset is not None, detach_reset)
-    if charge.num_params and params.numel() < charge.num_params:
-        raise ValueError(f"neuron {charge.name} needs {charge.num_params} parameters, got {params.numel()}")
-    out, vt = _MultiStepFunction.apply(x, params, shortcut if g is not None else None, v0, spec, surrogate,
-                                       v_threshold, v_reset, need_vt)
-    return out, vt
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .layout import as_time_dense
 from .reference import compute_dtype
-from .spec import KernelSpec, spec_from_key
+from .spec import spec_from_key
 
 __all__ = ["fused_neuron"]
 
@@ -116,7 +116,7 @@ def _backward(ctx, grad_out, _gh, _gvt, _gcount):
         raise RuntimeError("sewforge neuron: the forward ran without keeping H (no input needed a gradient)")
     if grad_out is None:  # the output was not used in the loss
         grad_out = torch.zeros_like(h, dtype=ctx.out_dtype)
-    go = as_time_dense(grad_out, like=h) if grad_out.numel() > 0 else grad_out
+    go = as_time_dense(grad_out.to(ctx.out_dtype), like=h) if grad_out.numel() > 0 else grad_out
     gx, gsc, gp = neuron_backward(go, x, h, shortcut, params, v0, ctx.spec, ctx.impl, ctx.v_threshold, ctx.v_reset,
                                   ctx.alpha, need_gx, need_gsc and ctx.has_g, need_gp, ctx.x_dtype, ctx.sc_dtype)
     gx = gx if need_gx else None
@@ -146,14 +146,15 @@ class _NotTwiceDifferentiable(torch.autograd.Function):
             "for higher-order gradients")
 
 
-def fused_neuron(x: Tensor, spec: KernelSpec, params: Tensor, alpha: float, v_threshold: float,
-                 v_reset: Optional[float], *, impl: str, v0: Optional[Tensor] = None,
+def fused_neuron(x: Tensor, spec: str, how: str, params: Tensor, alpha: float, v_threshold: float,
+                 v_reset: Optional[float], *, v0: Optional[Tensor] = None,
                  shortcut: Optional[Tensor] = None, need_state: bool = False,
                  count: bool = False) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """Run the fused op: ``(out, v_last or None, spike_count or None)``.
 
-    Prepares what the launchers require (time-dense layout kept from the input, one dtype for X
-    and the shortcut, parameters in the compute dtype) and records what the backward needs.
+    ``spec`` and ``how`` come from :func:`sewforge.kernels.spec.resolve`: the specialisation's key
+    and ``"triton"``, ``"c"`` or ``"torch"``. Prepares what the launchers require (time-dense
+    layout kept from the input, one dtype for X and the shortcut, parameters in the compute dtype).
     """
     if shortcut is not None and shortcut.dtype != x.dtype:  # one I/O dtype: cast up (exact), autograd casts back
         common = torch.promote_types(x.dtype, shortcut.dtype)
@@ -169,14 +170,12 @@ def fused_neuron(x: Tensor, spec: KernelSpec, params: Tensor, alpha: float, v_th
         v0 = as_time_dense(v0.to(cd), like=x[0]) if x.shape[0] > 0 else v0.to(cd)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or p.requires_grad
                                               or (shortcut is not None and shortcut.requires_grad))
-    if impl == "cpu":
-        from .cpu import cpu_impl
-
-        if cpu_impl(spec, x.dtype) == "torch":  # no C form or no compiler: the plain-PyTorch path
-            out, vt, c = _TorchPath.apply(x, shortcut, p, v0, spec, float(alpha), float(v_threshold), v_reset,
-                                          need_state, count)
-            return out, (vt if need_state else None), (c if count else None)
-    out, h, vt, c = neuron_forward(x, shortcut, p, v0, spec.key, impl, float(v_threshold),
+    if how == "torch":  # no C form or no compiler: the plain-PyTorch path
+        out, vt, c = _TorchPath.apply(x, shortcut, p, v0, spec_from_key(spec), float(alpha), float(v_threshold),
+                                      v_reset, need_state, count)
+        return out, (vt if need_state else None), (c if count else None)
+    impl = "triton" if how == "triton" else "cpu"
+    out, h, vt, c = neuron_forward(x, shortcut, p, v0, spec, impl, float(v_threshold),
                                    None if v_reset is None else float(v_reset), float(alpha), needs_grad,
                                    need_state, count)
     return out, (vt if need_state else None), (c if count else None)

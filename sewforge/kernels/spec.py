@@ -8,12 +8,14 @@ custom ops (:mod:`sewforge.kernels.ops`), which accept only plain arguments, can
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
+
+import torch
 
 from ..elementwise import ElementwiseFunction
 from .charge import ChargeEquation
 
-__all__ = ["KernelSpec", "specialize", "specializations", "spec_from_key"]
+__all__ = ["KernelSpec", "specialize", "specializations", "spec_from_key", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,8 @@ _BY_KEY: Dict[str, KernelSpec] = {}
 def specialize(charge: ChargeEquation, surrogate: object, g: Optional[ElementwiseFunction],
                hard_reset: bool, detach_reset: bool) -> KernelSpec:
     """The specialisation of one neuron call (counted, see :func:`specializations`)."""
-    spec = KernelSpec(charge, type(surrogate), g, bool(hard_reset), bool(detach_reset))
-    _SPECS[spec] = _SPECS.get(spec, 0) + 1
-    if spec not in _KEYS:
-        key = f"{len(_KEYS)}:{spec.describe()}"
-        _KEYS[spec] = key
-        _BY_KEY[key] = spec
-    return spec
+    key, _ = resolve(charge, type(surrogate), g, hard_reset, detach_reset, torch.float32, "triton")
+    return _BY_KEY[key]
 
 
 def spec_from_key(key: str) -> KernelSpec:
@@ -64,3 +61,24 @@ def spec_from_key(key: str) -> KernelSpec:
 def specializations() -> Dict[str, int]:
     """Specialisations used so far in this process, with how often each was launched."""
     return {spec.describe(): n for spec, n in _SPECS.items()}
+
+
+@torch._dynamo.assume_constant_result
+def resolve(charge: ChargeEquation, surrogate: type, g: Optional[ElementwiseFunction], hard_reset: bool,
+            detach_reset: bool, dtype: torch.dtype, backend: str) -> Tuple[str, str]:
+    """``(spec key, implementation)`` of one fused call: the implementation is ``"triton"``, or on the
+    CPU ``"c"`` (the compiled kernel) or ``"torch"`` (the plain-PyTorch path).
+
+    A constant for ``torch.compile``: it is evaluated once while tracing rather than traced, since
+    it hashes kernel objects and may compile a CPU kernel."""
+    spec = KernelSpec(charge, surrogate, g, bool(hard_reset), bool(detach_reset))
+    _SPECS[spec] = _SPECS.get(spec, 0) + 1
+    if spec not in _KEYS:
+        key = f"{len(_KEYS)}:{spec.describe()}"
+        _KEYS[spec] = key
+        _BY_KEY[key] = spec
+    if backend != "cpu":
+        return _KEYS[spec], backend
+    from .cpu import cpu_impl
+
+    return _KEYS[spec], cpu_impl(spec, dtype)

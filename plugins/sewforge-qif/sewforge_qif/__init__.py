@@ -1,7 +1,7 @@
 """A sewforge plugin: the quadratic integrate-and-fire neuron and the fast-sigmoid surrogate.
 
-Both are defined only by their equations (PyTorch + Triton); sewforge composes them into its
-fused kernels with any surrogate, reset mode and SEW function. After ``pip install``:
+Both are defined only by their equations (PyTorch, Triton and C expressions); sewforge composes
+them into its fused GPU and CPU kernels with any surrogate, reset mode and SEW function. After ``pip install``:
 
     >>> import sewforge
     >>> sewforge.create_neuron("QIF", tau=2.0, a0=1.0, v_c=0.8)
@@ -50,6 +50,9 @@ QIF_CHARGE = ChargeEquation(
     triton_dh_dv=_qif_dh_dv,
     triton_dh_dx=_qif_dh_dx,
     num_params=3,
+    c_charge="v + (x + p1 * (v - v_rest) * (v - p2)) * p0",
+    c_dh_dv="1 + p1 * p0 * (2 * v - v_rest - p2)",
+    c_dh_dx="p0",
 )
 
 
@@ -86,6 +89,7 @@ class FastSigmoid(Surrogate):
 
     default = 2.0
     triton_derivative = _fast_sigmoid_d
+    c_derivative = "(real)0.5 * alpha / ((1 + alpha * FABS(x)) * (1 + alpha * FABS(x)))"
 
     def derivative(self, x):
         return 0.5 * self.alpha / (1 + self.alpha * x.abs()) ** 2
