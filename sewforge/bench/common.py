@@ -185,14 +185,20 @@ def cuda_peak_above_baseline(step: Callable[[], Any], device: torch.device,
     return max(0, torch.cuda.max_memory_allocated(device) - base)
 
 
-def probe_in_subprocess(spec: Dict[str, Any], timeout: float = 600.0) -> Dict[str, Any]:
-    """Measure one case's CPU peak RSS in a fresh interpreter (``python -m sewforge.bench _probe``).
-    Returns the probe's JSON, or ``{"error": ...}``."""
+def subprocess_env() -> Dict[str, str]:
+    """The environment for a child ``python -m sewforge.bench``: this sewforge first on the path."""
     import sewforge
 
     root = str(Path(sewforge.__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def probe_in_subprocess(spec: Dict[str, Any], timeout: float = 600.0) -> Dict[str, Any]:
+    """Measure one case's CPU peak RSS in a fresh interpreter (``python -m sewforge.bench _probe``).
+    Returns the probe's JSON, or ``{"error": ...}``."""
+    env = subprocess_env()
     # a fixed mmap threshold turns off glibc's adaptive one: every buffer of 64 KiB or more is its
     # own mapping, returned on free, so RSS follows what is live instead of what the heap kept
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
