@@ -225,7 +225,7 @@ def section_c(device, quick, budget, tmp: Path) -> Dict[str, Any]:
 def section_d(device, quick, budget, tmp: Path) -> Dict[str, Any]:
     out = tmp / "compile.json"
     argv = ["compile", "sew7b_gesture", "--device", device.type, "--json", str(out)]
-    argv += ["--quick", "--repeat", "2"] if quick else ["--repeat", "5"]
+    argv += ["--quick", "--T", "1", "--repeat", "2"] if quick else ["--repeat", "5"]
     rc, output, secs = _child(argv, budget)
     data = _read(out)
     rows = data.get("rows", [])

@@ -204,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
           f"peak+ MiB: {meta['memory_method']}; spikes != ref: forward on the same input vs sewforge's reference.")
     for note in meta["notes"]:
         print(f"note: {note}")
+    for r in rows:
+        if r.get("error") or r.get("memory_error"):
+            print(f"error: {r.get('model', r.get('shape'))} {r['implementation']}: {r.get('error') or r.get('memory_error')}")
     meta["seconds"] = time.perf_counter() - t_start
     common.write_json(args.json, payload)
     return 0

@@ -205,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
           f"backward, SGD); peak+ MiB: {meta['memory_method']}.")
     for note in meta["notes"]:
         print(f"note: {note}")
+    for r in rows:
+        if r.get("error") or r.get("memory_error"):
+            print(f"error: {r.get('model', r.get('shape'))} {r['implementation']}: {r.get('error') or r.get('memory_error')}")
     for label, text in profiles.items():
         print(f"\nprofile: {label}\n{text}")
     meta["seconds"] = time.perf_counter() - t_start
