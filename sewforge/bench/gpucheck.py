@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 
