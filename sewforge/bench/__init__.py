@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m sewforge.bench neurons``. Results go to BENCHMARKS.md, device named."""
+"""Benchmarks: ``python -m sewforge.bench neurons | step | compile | gpu-check`` (see BENCHMARKS.md)."""

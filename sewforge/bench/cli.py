@@ -1,19 +1,33 @@
-"""``python -m sewforge.bench <suite> [options]``."""
+"""``python -m sewforge.bench <suite> [options]``: neurons, step, compile, gpu-check."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import List, Optional
 
-from . import neurons
+from . import compile as compile_suite, gpucheck, neurons, step
 
-SUITES = {"neurons": neurons}
+SUITES = {"neurons": neurons, "step": step, "compile": compile_suite, "gpu-check": gpucheck}
+
+
+def _probe(argv: List[str]) -> int:
+    """Internal: measure one case's peak RSS in this (fresh) process and print it as JSON."""
+    spec = json.loads(argv[0])
+    mod = neurons if spec["kind"] == "neuron" else step
+    print(json.dumps(mod.probe(spec)))
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_probe"]:
+        return _probe(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m sewforge.bench", description=__doc__)
     sub = parser.add_subparsers(dest="suite", metavar="SUITE")
     for name, mod in SUITES.items():
-        p = sub.add_parser(name, help=mod.__doc__.strip().splitlines()[0])
+        p = sub.add_parser(name, help=mod.__doc__.strip().splitlines()[0], description=mod.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
