@@ -18,6 +18,7 @@ from .surrogates import Surrogate, create_surrogate
 from .elementwise import ElementwiseFunction, create_elementwise, sew_function
 from .neurons import BaseNeuron, ChargeEquation, create_neuron
 from .kernels import multistep_neuron
+from .kernels.layout import tune_cpu_allocator
 from .spec import SpecError, build
 from .models import create_model
 from . import data  # registers the data sets
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BLOCKS", "DATASETS", "ELEMENTWISE", "MODELS", "NEURONS", "SURROGATES", "Registry", "plugin_errors",
     "Surrogate", "create_surrogate", "ElementwiseFunction", "create_elementwise", "sew_function",
-    "BaseNeuron", "ChargeEquation", "create_neuron", "multistep_neuron", "SpecError", "build", "create_model",
+    "BaseNeuron", "ChargeEquation", "create_neuron", "multistep_neuron", "tune_cpu_allocator", "SpecError", "build", "create_model",
     "list_neurons", "list_surrogates", "list_elementwise", "list_blocks", "list_models",
 ]
 

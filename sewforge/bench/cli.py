@@ -30,8 +30,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
+    parser.add_argument("--no-tune-malloc", action="store_true",
+                        help="time with glibc's default allocator settings instead of sewforge.tune_cpu_allocator() "
+                             "(which applies to every framework measured in the process)")
     args = parser.parse_args(argv)
     if not args.suite:
         parser.print_help()
         return 2
+    if not args.no_tune_malloc:
+        from ..kernels.layout import tune_cpu_allocator
+
+        tuned = tune_cpu_allocator()
+        print(f"CPU allocator: {'memory kept for reuse (sewforge.tune_cpu_allocator)' if tuned else 'glibc defaults'}; "
+              f"THP_MEM_ALLOC_ENABLE={__import__('os').environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
     return int(args._run(args) or 0)
