@@ -122,6 +122,43 @@ def _pack_bits(u: torch.Tensor) -> torch.Tensor:
     return out
 
 
+#: elements per piece when packing on the CPU: the intermediates stay in cache (a multiple of 8)
+_CPU_CHUNK = 1 << 16
+
+
+def _bits_of(flat: torch.Tensor) -> torch.Tensor:
+    """0/1 values (1-D) -> packed bits; on the CPU piece by piece, so that the byte copy of each
+    piece is still in cache when it is packed (one pass over the values instead of three)."""
+    n = flat.numel()
+    if flat.device.type != "cpu" or n <= _CPU_CHUNK:
+        return _pack_bits(flat.to(torch.uint8))
+    out = torch.empty((n + 7) // 8, dtype=torch.uint8)
+    buf = torch.empty(_CPU_CHUNK, dtype=torch.uint8)
+    for start in range(0, n, _CPU_CHUNK):
+        piece = flat[start:start + _CPU_CHUNK]
+        b = buf[:piece.numel()]
+        b.copy_(piece)
+        out[start // 8:(start + piece.numel() + 7) // 8] = _pack_bits(b)
+    return out
+
+
+def _bytes_if_lossless(flat: torch.Tensor) -> Optional[torch.Tensor]:
+    """``flat`` (1-D) as uint8 if that keeps every value exactly (integers in [0, 255]), else None."""
+    n = flat.numel()
+    u = torch.empty(n, dtype=torch.uint8, device=flat.device)
+    if flat.device.type != "cpu" or n <= _CPU_CHUNK:
+        u.copy_(flat)
+        return u if torch.equal(u.to(flat.dtype), flat) else None
+    back = torch.empty(_CPU_CHUNK, dtype=flat.dtype)
+    for start in range(0, n, _CPU_CHUNK):
+        piece = flat[start:start + _CPU_CHUNK]
+        b = u[start:start + piece.numel()]
+        b.copy_(piece)
+        if not torch.equal(back[:piece.numel()].copy_(b), piece):
+            return None
+    return u
+
+
 def _bit_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     key = (dtype, device)
     table = _BIT_TABLES.get(key)
@@ -143,12 +180,13 @@ def pack_saved(t: torch.Tensor) -> Any:
         return t
     with torch.no_grad():
         flat = t.detach().permute(order).reshape(-1)  # a view: the values in memory order
-        u = flat.to(torch.uint8)
-        if kind != "binary":
-            if not bool(torch.eq(u, flat).all()):  # negative, above 255, fractional or NaN: keep
-                return t
-            if bool(u.max() > 1):
-                return PackedSpikes(u, False, t)
+        if kind == "binary":
+            return PackedSpikes(_bits_of(flat), True, t)
+        u = _bytes_if_lossless(flat)
+        if u is None:  # negative, above 255, fractional or NaN: kept as it is
+            return t
+        if bool(u.max() > 1):
+            return PackedSpikes(u, False, t)
         return PackedSpikes(_pack_bits(u), True, t)
 
 

@@ -377,3 +377,16 @@ def test_firing_rates_from_the_real_neurons_counts_equal_the_unfused_network():
     torch.manual_seed(0)
     net = sewforge.create_model(SPEC, input_shape=(2, 16, 16), T=3).eval()
     _check_counted_rates(net, binary(3, 4, 2, 16, 16, p=0.5) * 2)
+
+
+def test_large_tensors_packed_piecewise_round_trip_and_are_checked_to_the_end():
+    x = mark_spikes(binary(3, 70001, p=0.5), True)  # more than one piece, and not a multiple of 8
+    packed = pack_saved(x)
+    assert stored_bytes(packed) == math.ceil(x.numel() / 8) and torch.equal(unpack_saved(packed), x)
+    g = torch.Generator().manual_seed(2)
+    ints = torch.randint(0, 200, (5, 40003), generator=g).float()
+    packed = pack_saved(mark_spikes(ints, binary=False))
+    assert stored_bytes(packed) == ints.numel() and torch.equal(unpack_saved(packed), ints)
+    late = ints.clone()
+    late[-1, -1] = 2.5  # the last element of the last piece
+    assert pack_saved(mark_spikes(late, binary=False)) is late
