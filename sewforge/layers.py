@@ -5,6 +5,10 @@ time (convolution, batch norm, pooling, dropout, flatten, linear) are applied on
 folding T into the batch, ``[T, B, ...] -> [T*B, ...]``, which is both the fastest way to run them
 and what the paper does: batch-norm statistics are taken over T*B jointly (PAPER_NOTES, "DVS
 networks"). Neurons are not folded; they loop over T themselves.
+
+With ``channels_last=True`` a network keeps every step of ``[T, B, C, H, W]`` in channels_last
+layout (:func:`steps_channels_last`); folding T*B is then still a view, so the folded layers see
+a channels_last ``[T*B, C, H, W]``.
 """
 from __future__ import annotations
 
@@ -13,7 +17,19 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["SeqFold", "seq_fold"]
+from .memory import mark_spikes, spike_kind
+
+__all__ = ["SeqFold", "seq_fold", "steps_channels_last", "repeat_steps"]
+
+#: layers whose output holds values of their input only (max pooling, reshaping): spikes stay spikes
+_KEEPS_VALUES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                 nn.Identity, nn.Flatten)
+
+
+def _keeps_values(module: object) -> bool:
+    if isinstance(module, nn.Sequential):
+        return len(module) > 0 and all(_keeps_values(m) for m in module)
+    return isinstance(module, _KEEPS_VALUES) or bool(getattr(module, "keeps_values", False))
 
 
 def seq_fold(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +49,44 @@ def seq_fold(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"seq_fold: {_name(module)} must keep the folded batch axis of size T*B = "
                          f"{steps}*{batch} = {steps * batch}, but returned {got}")
+    if _keeps_values(module):
+        kind = spike_kind(x)
+        if kind is not None:  # max pooling of spikes gives spikes: they may be stored compactly too
+            mark_spikes(y, kind == "binary")
     return y.unflatten(0, (steps, batch))
+
+
+def _is_steps_channels_last(x: torch.Tensor) -> bool:
+    if x.shape[1] > 1 and x.shape[0] > 1 and x.stride(0) != x.shape[1] * x.stride(1):
+        return False
+    return x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+def steps_channels_last(x: torch.Tensor, option: str = "channels_last") -> torch.Tensor:
+    """``x = [T, B, C, H, W]`` with every step in channels_last layout (one copy, or none when it
+    already is); ``option`` names the setting in the error for inputs that are not 4-D per step."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{option}=True needs image steps [T, B, C, H, W] (4-D per step), got shape {got}; "
+                         f"set {option}=False for this input")
+    if _is_steps_channels_last(x):
+        return x
+    steps, batch = x.shape[0], x.shape[1]
+    out = torch.empty((steps * batch, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last).unflatten(0, (steps, batch))
+    return out.copy_(x)
+
+
+def repeat_steps(x: torch.Tensor, steps: int, channels_last: bool = False) -> torch.Tensor:
+    """A static ``x = [B, ...]`` repeated over ``steps``: ``[steps, B, ...]``, every step in
+    channels_last layout when asked (``x`` must then be ``[B, C, H, W]``)."""
+    rep = x.unsqueeze(0).expand(steps, *x.shape)
+    if not channels_last:
+        return rep.contiguous()
+    if x.dim() != 4:
+        raise ValueError(f"channels_last=True needs image steps [B, C, H, W] (4-D per step), got shape "
+                         f"{tuple(x.shape)}; set channels_last=False for this input")
+    return steps_channels_last(rep)
 
 
 def _name(module: object) -> str:

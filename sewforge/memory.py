@@ -1,18 +1,38 @@
-"""Memory-lean activations: compact storage of spike tensors saved for backward.
+"""Memory-lean activations: compact storage of spike tensors saved for backward, and recompute.
 
 Neurons mark what they return (:func:`mark_spikes`): plain spikes are exactly 0/1; the fused SEW
 output ``g(A, S)`` is often a small non-negative integer (ADD) but need not be (a non-binary
 shortcut), so it is checked before it is stored compactly.
+
+* :class:`compact_spikes` (a ``saved_tensors_hooks`` context): while autograd records a forward,
+  every saved tensor marked ``"binary"`` is kept as 1 bit per element, one marked ``"integer"``
+  as 1 byte per element when its values are integers in [0, 255] (1 bit when they are all 0/1),
+  anything else as it is. Unpacking restores dtype, shape and strides (channels_last stays so)
+  bit for bit.
+* :func:`recompute`: run a residual block keeping only its (compacted) input for backward and
+  run it again in backward (``torch.utils.checkpoint``, non-reentrant). Batch-norm running
+  statistics, the state of ``stateful`` neurons and their spike counts are left as the first
+  forward left them.
+* :data:`MEMORY_MODES`: ``"compact"`` (the default of the networks), ``"dense"`` (autograd as
+  usual), ``"recompute"`` (recompute per block + compact).
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["mark_spikes", "spike_kind"]
+__all__ = ["mark_spikes", "spike_kind", "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved",
+           "unpack_saved", "PackedSpikes", "recompute", "memory_context"]
 
 _ATTR = "_sewforge_spikes"
+
+#: what the networks' ``memory=`` option accepts
+MEMORY_MODES = ("compact", "dense", "recompute")
 
 
 def mark_spikes(t: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -35,3 +55,297 @@ def spike_kind(t: torch.Tensor) -> Optional[str]:
     if kind is None and t._base is not None:
         kind = getattr(t._base, _ATTR, None)
     return kind
+
+
+def check_memory_mode(value: Any, name: str = "memory") -> str:
+    """``value`` if it is one of :data:`MEMORY_MODES`, else a one-line ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in MEMORY_MODES:
+        raise ValueError(f"{name}={value!r} is not a memory mode; use one of "
+                         f"{', '.join(repr(m) for m in MEMORY_MODES)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# compact storage
+# ---------------------------------------------------------------------------------------------
+class PackedSpikes:
+    """What autograd keeps instead of a spike tensor: ``data`` holds the values in the tensor's
+    memory order, 8 per byte (``bits``) or one per byte; the rest rebuilds the tensor."""
+
+    __slots__ = ("data", "bits", "shape", "stride", "dtype", "device")
+
+    def __init__(self, data: torch.Tensor, bits: bool, like: torch.Tensor):
+        self.data = data
+        self.bits = bits
+        self.shape = like.shape
+        self.stride = like.stride()
+        self.dtype = like.dtype
+        self.device = like.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+    def __repr__(self) -> str:
+        return (f"PackedSpikes({tuple(self.shape)}, {self.dtype}, {'1 bit' if self.bits else '1 byte'} per element, "
+                f"{self.nbytes} bytes)")
+
+
+def _memory_order(t: torch.Tensor) -> Optional[List[int]]:
+    """The permutation of dims that makes ``t`` contiguous (its memory order), or None when ``t``
+    has gaps or overlaps (then it is not compacted)."""
+    if t.is_contiguous():
+        return list(range(t.dim()))
+    perm = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.shape[d]))
+    return perm if t.permute(perm).is_contiguous() else None
+
+
+_MAGIC = 0x0102040810204080  # (bytes b0..b7 in 0/1 as a little-endian int64) * M >> 56 = sum b_i << i
+_BIT_TABLES: Dict[Tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _pack_bits(u: torch.Tensor) -> torch.Tensor:
+    """0/1 bytes ``u`` (1-D, offset 0) -> ``ceil(n / 8)`` bytes, element ``i`` in bit ``i % 8``."""
+    n = u.numel()
+    whole = n // 8
+    out = torch.empty((n + 7) // 8, dtype=torch.uint8, device=u.device)
+    if whole:
+        words = u[:whole * 8].view(torch.int64)
+        try:  # unsigned: the product wraps by definition
+            gathered = (words.view(torch.uint64) * _MAGIC).view(torch.int64)
+        except (RuntimeError, NotImplementedError):  # no uint64 arithmetic here: shifts and ors
+            gathered = words.clone()
+            for s in (7, 14, 28):
+                gathered |= gathered >> s
+            out[:whole] = gathered  # the low byte holds the bits
+        else:
+            out[:whole] = gathered >> 56
+    if n > whole * 8:
+        tail = u[whole * 8:].to(torch.int64)
+        out[whole] = (tail << torch.arange(tail.numel(), device=u.device)).sum()
+    return out
+
+
+#: elements per piece when packing on the CPU: the intermediates stay in cache (a multiple of 8)
+_CPU_CHUNK = 1 << 16
+
+
+def _bits_of(flat: torch.Tensor) -> torch.Tensor:
+    """0/1 values (1-D) -> packed bits; on the CPU piece by piece, so that the byte copy of each
+    piece is still in cache when it is packed (one pass over the values instead of three)."""
+    n = flat.numel()
+    if flat.device.type != "cpu" or n <= _CPU_CHUNK:
+        return _pack_bits(flat.to(torch.uint8))
+    out = torch.empty((n + 7) // 8, dtype=torch.uint8)
+    buf = torch.empty(_CPU_CHUNK, dtype=torch.uint8)
+    for start in range(0, n, _CPU_CHUNK):
+        piece = flat[start:start + _CPU_CHUNK]
+        b = buf[:piece.numel()]
+        b.copy_(piece)
+        out[start // 8:(start + piece.numel() + 7) // 8] = _pack_bits(b)
+    return out
+
+
+def _bytes_if_lossless(flat: torch.Tensor) -> Optional[torch.Tensor]:
+    """``flat`` (1-D) as uint8 if that keeps every value exactly (integers in [0, 255]), else None."""
+    n = flat.numel()
+    u = torch.empty(n, dtype=torch.uint8, device=flat.device)
+    if flat.device.type != "cpu" or n <= _CPU_CHUNK:
+        u.copy_(flat)
+        return u if torch.equal(u.to(flat.dtype), flat) else None
+    back = torch.empty(_CPU_CHUNK, dtype=flat.dtype)
+    for start in range(0, n, _CPU_CHUNK):
+        piece = flat[start:start + _CPU_CHUNK]
+        b = u[start:start + piece.numel()]
+        b.copy_(piece)
+        if not torch.equal(back[:piece.numel()].copy_(b), piece):
+            return None
+    return u
+
+
+def _bit_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (dtype, device)
+    table = _BIT_TABLES.get(key)
+    if table is None:
+        byte = torch.arange(256, device=device).unsqueeze(1)
+        table = ((byte >> torch.arange(8, device=device)) & 1).to(dtype)
+        _BIT_TABLES[key] = table
+    return table
+
+
+def pack_saved(t: torch.Tensor) -> Any:
+    """The pack hook of :class:`compact_spikes`: a :class:`PackedSpikes` for a marked spike
+    tensor that can be stored losslessly in fewer bytes, else ``t`` itself."""
+    kind = spike_kind(t) if isinstance(t, torch.Tensor) else None
+    if kind is None or not t.is_floating_point() or t.numel() == 0 or t.device.type == "meta":
+        return t
+    order = _memory_order(t)
+    if order is None:
+        return t
+    with torch.no_grad():
+        flat = t.detach().permute(order).reshape(-1)  # a view: the values in memory order
+        if kind == "binary":
+            return PackedSpikes(_bits_of(flat), True, t)
+        u = _bytes_if_lossless(flat)
+        if u is None:  # negative, above 255, fractional or NaN: kept as it is
+            return t
+        if bool(u.max() > 1):
+            return PackedSpikes(u, False, t)
+        return PackedSpikes(_pack_bits(u), True, t)
+
+
+def unpack_saved(packed: Any) -> Any:
+    """The unpack hook of :class:`compact_spikes`: the tensor :func:`pack_saved` was given."""
+    if not isinstance(packed, PackedSpikes):
+        return packed
+    with torch.no_grad():
+        if packed.bits:
+            table = _bit_table(packed.dtype, packed.device)
+            values = F.embedding(packed.data.to(torch.int32), table).view(-1)
+        else:
+            values = packed.data.to(packed.dtype)
+    # ``values`` lists the elements in the original memory order from offset 0, so the original
+    # strides address them (a trailing partial byte leaves up to 7 unused elements at the end)
+    return values.as_strided(packed.shape, packed.stride)
+
+
+class compact_spikes(torch.autograd.graph.saved_tensors_hooks):
+    """Within this context, spike tensors saved for backward are stored compactly (see the module
+    docstring). A tensor saved by several operations (a block input used by ``conv1`` and the
+    downsample shortcut) is packed once."""
+
+    def __init__(self) -> None:
+        self._cache: Dict[Tuple[Any, ...], Tuple[Any, Any]] = {}
+        super().__init__(self._pack, unpack_saved)
+
+    def _pack(self, t: torch.Tensor) -> Any:
+        if not isinstance(t, torch.Tensor) or spike_kind(t) is None:
+            return t
+        root = t._base if t._base is not None else t
+        key = (id(root), root._version, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0]() is root:
+            return hit[1]
+        packed = pack_saved(t)
+        if packed is not t:
+            try:
+                self._cache[key] = (weakref.ref(root), packed)
+            except TypeError:  # not weakly referenceable: just do not share
+                pass
+        return packed
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cache.clear()
+        super().__exit__(*exc)
+
+
+def memory_context(mode: str) -> contextlib.AbstractContextManager:
+    """The context a network's forward runs in for ``mode``: :class:`compact_spikes` while
+    autograd records ("compact", "recompute"), nothing otherwise (or while being compiled: the
+    compiler plans what to keep itself)."""
+    if mode == "dense" or not torch.is_grad_enabled() or _compiling():
+        return contextlib.nullcontext()
+    return compact_spikes()
+
+
+def _compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - old torch
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# recompute per block
+# ---------------------------------------------------------------------------------------------
+class _Token(torch.autograd.Function):
+    """``x`` -> a stand-in of x's shape that holds one element (stride 0); its gradient is x's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(()).expand(x.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+class _Restore(torch.autograd.Function):
+    """``(token, values)`` -> values, with the gradient going to the token (hence to x)."""
+
+    @staticmethod
+    def forward(ctx: Any, token: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        return grad, None
+
+
+_NEURON_STATE = ("v", "spike_count", "spike_numel")
+
+
+def _batch_norms(block: nn.Module) -> List[nn.Module]:
+    return [m for m in block.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def _forward_context(block: nn.Module, entry: Dict[int, Any]) -> Iterator[None]:
+    for m in block.modules():  # the state each stateful neuron starts from
+        if getattr(m, "stateful", False) and hasattr(m, "v"):
+            entry[id(m)] = m.v
+    yield
+
+
+@contextlib.contextmanager
+def _recompute_context(block: nn.Module, entry: Dict[int, Any]) -> Iterator[None]:
+    """Run the block again as it ran the first time, then put back what the rerun changed."""
+    bns = [(m, [(n, b.clone()) for n, b in m.named_buffers(recurse=False) if b is not None])
+           for m in _batch_norms(block)]
+    kept = [(m, {a: getattr(m, a) for a in _NEURON_STATE if hasattr(m, a)}) for m in block.modules()
+            if any(hasattr(m, a) for a in _NEURON_STATE)]
+    for m, _ in kept:
+        if id(m) in entry:
+            m.v = entry[id(m)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in bns:
+                for name, value in buffers:
+                    getattr(m, name).copy_(value)
+        for m, attrs in kept:
+            for a, value in attrs.items():
+                setattr(m, a, value)
+
+
+def recompute(block: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``block(x)``, keeping only ``x`` for backward (packed as by :func:`pack_saved` when it is
+    marked spikes) and running the block again in backward. Gives the same output and gradients
+    as ``block(x)``; runs ``block(x)`` plainly when autograd is not recording."""
+    if not torch.is_grad_enabled() or _compiling():
+        return block(x)
+    from torch.utils.checkpoint import checkpoint
+
+    kept = pack_saved(x)
+    source: List[Optional[torch.Tensor]] = [x.detach()]  # the first forward uses x as it is
+    module = block if isinstance(block, nn.Module) else nn.Module()
+    entry: Dict[int, Any] = {}
+
+    def run(token: torch.Tensor) -> torch.Tensor:
+        values = source[0]
+        if values is None:  # the rerun in backward
+            values = unpack_saved(kept)
+            if values is kept:
+                values = values.detach()
+        return block(_Restore.apply(token, values))
+
+    def contexts() -> Tuple[Any, Any]:
+        return _forward_context(module, entry), _recompute_context(module, entry)
+
+    token = _Token.apply(x)
+    try:
+        return checkpoint(run, token, use_reentrant=False, context_fn=contexts)
+    finally:
+        source[0] = None

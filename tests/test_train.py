@@ -555,3 +555,99 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
         checkpoint.save_checkpoint(tmp_path / "last.pt", {"epoch": 2})
     assert target.read_text() == "epoch\n1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
+
+
+# ---------------------------------------------------------------------------------------------
+# how the network runs: memory, channels_last, compile
+# ---------------------------------------------------------------------------------------------
+def test_memory_channels_last_and_compile_keys_are_checked_with_file_and_line(tmp_path):
+    path = write(tmp_path / "r.yaml", f"""\
+        model:
+          name: sew7b_gesture
+          memory: lean
+          channels_last: yes please
+        data: {{name: {DATASET}}}
+        compile: 1
+        """)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    msg = str(info.value)
+    assert f"{path}:3: model.memory: 'lean' is not one of compact, dense, recompute" in msg
+    assert f"{path}:4: model.channels_last: expected true or false, got 'yes please'" in msg
+    assert f"{path}:6: compile: expected true or false, got 1" in msg
+    with pytest.raises(RecipeError, match="override 'model.memory=recompte': model.memory: 'recompte' is not one of "
+                                          r"compact, dense, recompute \(did you mean 'recompute'\?\)"):
+        load_recipe(write(tmp_path / "ok.yaml", "model: {name: sew7b_gesture}\n"), ["model.memory=recompte"])
+    recipe = load_recipe(tmp_path / "ok.yaml")
+    assert (recipe.model.memory, recipe.model.channels_last, recipe.compile) == ("compact", False, False)
+
+
+def test_recipe_memory_and_channels_last_reach_the_model(tmp_path):
+    from types import SimpleNamespace
+
+    from sewforge.train.engine import build_model
+
+    data = SimpleNamespace(num_classes=11, input_shape=(2, 128, 128))
+    recipe = load_recipe(write(tmp_path / "r.yaml", "model: {name: sew7b_gesture, memory: recompute, "
+                                                    "channels_last: true}\n"))
+    model = build_model(recipe, data)
+    assert model.memory == "recompute" and model.channels_last
+    assert model.layers[0].module.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = build_model(load_recipe(write(tmp_path / "p.yaml", f"model: {{name: {MODEL}}}\n")), data)
+    assert isinstance(plain, TinyNet)  # a plugin model without these arguments still builds with the defaults
+
+
+def _weights(folder: Path):
+    return load_checkpoint(folder / "last.pt")["model"]
+
+
+def test_training_with_recompute_and_channels_last_ends_with_the_same_weights(tmp_path):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    runs = {}
+    for name, extra in (("dense", ["model.memory=dense"]), ("recompute", ["model.memory=recompute"]),
+                        ("compact", [])):
+        assert main([str(recipe), f"output={tmp_path / name}", "--no-progress", *extra]) == 0
+        runs[name] = _weights(tmp_path / name)
+    for name in ("recompute", "compact"):
+        for key, value in runs["dense"].items():
+            torch.testing.assert_close(runs[name][key], value, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+    assert main([str(recipe), f"output={tmp_path / 'cl'}", "--no-progress", "model.channels_last=true"]) == 0
+    row = rows(tmp_path / "cl")[0]
+    assert math.isfinite(float(row["train_loss"])) and 0 <= float(row["firing_rate"]) <= 1
+
+
+def test_compile_without_a_working_compiler_warns_once_and_trains_eager(tmp_path, capsys, monkeypatch):
+    import sewforge.train.engine as engine
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(engine, "_COMPILER_PROBLEMS", {})
+    recipe = tiny_recipe(tmp_path, epochs=1, compile=True)
+    assert main([str(recipe), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    warning = [line for line in out.splitlines() if line.startswith("compile:")]
+    assert warning == ["compile: true, but torch.compile does not work here (RuntimeError: no C++ compiler found); "
+                       "training runs eager"]
+    assert math.isfinite(float(rows(tmp_path / "run")[0]["train_loss"]))
+
+
+def test_compile_that_fails_on_the_first_step_falls_back_to_eager(tmp_path, capsys, monkeypatch):
+    import sewforge.train.engine as engine
+
+    def compile_that_breaks(module, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("backend failed: unsupported operator")
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_that_breaks)
+    monkeypatch.setattr(engine, "compiler_problem", lambda device: None)
+    recipe = tiny_recipe(tmp_path, epochs=1, compile=True)
+    assert main([str(recipe), "--no-progress", f"output={tmp_path / 'fallback'}"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("compile: torch.compile failed on the first step (RuntimeError: backend failed: unsupported "
+                     "operator); training runs eager") == 1
+    assert main([str(recipe), "--no-progress", f"output={tmp_path / 'eager'}"]) == 0
+    for key, value in _weights(tmp_path / "eager").items():  # the eager run it fell back to, step for step
+        assert torch.equal(_weights(tmp_path / "fallback")[key], value), key

@@ -2,8 +2,10 @@
 
 ``A^l`` is the output of the block's last neuron (``block.sn_last``); ``O^l`` the block output.
 With g = ADD the block output is not binary and its "rate" is its mean value, as in the paper.
-Blocks run with ``fuse=False`` while measuring, so a forward hook on ``sn_last`` sees A rather than
-``g(A, S)``. For Spiking ResNet and plain blocks the last neuron produces O itself, so A = O.
+Neurons that count their own spikes inside their op (``count_spikes``) give A's rate while the
+blocks run fused; a block whose last neuron cannot count runs with ``fuse=False`` while measuring,
+so a forward hook on ``sn_last`` sees A rather than ``g(A, S)``. For Spiking ResNet and plain
+blocks the last neuron produces O itself, so A = O.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from ..blocks import unfused
+from ..blocks import spike_counting
 from .common import block_names, model_blocks
 
 __all__ = ["BlockRates", "RATE_COLUMNS", "firing_rates", "block_kind", "identity_fraction"]
@@ -71,17 +73,21 @@ def firing_rates(model: nn.Module, x: torch.Tensor) -> List[BlockRates]:
                                identity=identity_fraction(s, out) if not _downsamples(module) else math.nan)
         return hook
 
-    def on_last_neuron(index: int):
+    def on_last_neuron(index: int, counted: bool):
         def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            seen[index]["rate_a"] = float(out.double().mean())
+            if counted:  # the neuron's own count of A (also when it returned the fused g(A, S))
+                seen[index]["rate_a"] = float(module.spike_count) / max(int(module.spike_numel), 1)
+            else:
+                seen[index]["rate_a"] = float(out.double().mean())
         return hook
 
-    with unfused(model):
+    with spike_counting(model) as counting:
+        counters = {id(m) for m in counting}
         try:
             for i, b in enumerate(blocks):
                 seen[i] = {}
                 handles.append(b.register_forward_hook(on_block(i)))
-                handles.append(b.sn_last.register_forward_hook(on_last_neuron(i)))
+                handles.append(b.sn_last.register_forward_hook(on_last_neuron(i, id(b.sn_last) in counters)))
             model(x)
         finally:
             for h in handles:

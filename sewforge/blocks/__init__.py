@@ -17,9 +17,11 @@ SpikingBottleneck   ``SN(S + F(S))``, F = conv1x1-conv3x3-conv1x1          4
 """
 from __future__ import annotations
 
-from .base import NeuronFactory, ResidualBlock, conv_bn, iter_blocks, neuron_factory, unfused
+from .base import (NeuronFactory, ResidualBlock, conv_bn, counts_spikes, iter_blocks, neuron_factory, spike_counting,
+                   unfused)
 from .basic import PlainBlock, SEWBlock, SpikingResNetBlock
 from .bottleneck import SEWBottleneck, SpikingBottleneck
 
-__all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "iter_blocks", "unfused",
+__all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "iter_blocks", "unfused", "counts_spikes",
+           "spike_counting",
            "SEWBlock", "SpikingResNetBlock", "PlainBlock", "SEWBottleneck", "SpikingBottleneck"]

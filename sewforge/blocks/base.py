@@ -16,10 +16,12 @@ from torch import nn
 
 from ..elementwise import ElementwiseFunction, create_elementwise
 from ..layers import seq_fold
+from ..memory import mark_spikes, spike_kind
 from ..neurons import BaseNeuron, create_neuron
 from ..registry import ELEMENTWISE
 
-__all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "iter_blocks", "unfused"]
+__all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "iter_blocks", "unfused", "counts_spikes",
+           "spike_counting"]
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -214,7 +216,11 @@ class ResidualBlock(nn.Module):
         g = self.g
         if self.fuse and isinstance(self.sn_last, BaseNeuron):  # other neuron modules have no fused op
             return self.sn_last(x, shortcut=shortcut, g=g)
-        return g(self.sn_last(x), shortcut)
+        a = self.sn_last(x)
+        out = g(a, shortcut)
+        if isinstance(out, torch.Tensor) and spike_kind(a) is not None and spike_kind(shortcut) is not None:
+            mark_spikes(out, binary=False)  # as the fused op marks it (values are checked before compacting)
+        return out
 
     def extra_repr(self) -> str:
         parts = [f"{self.in_channels}, {self.out_channels}", f"stride={self.stride}"]
@@ -246,4 +252,32 @@ def unfused(module: nn.Module) -> Iterator[List[nn.Module]]:
         yield blocks
     finally:
         for b, f in zip(blocks, before):
+            b.fuse = f
+
+
+def counts_spikes(neuron: nn.Module) -> bool:
+    """Whether ``neuron`` can count its own output spikes inside its op (``count_spikes`` switch,
+    then ``spike_count`` / ``spike_numel`` after each forward; a fused SEW call counts A)."""
+    return isinstance(getattr(neuron, "count_spikes", None), bool)
+
+
+@contextlib.contextmanager
+def spike_counting(module: nn.Module) -> Iterator[List[nn.Module]]:
+    """Inside the ``with`` body every neuron of ``module`` that can count its spikes does
+    (:func:`counts_spikes`), and the blocks whose last neuron cannot run with ``fuse=False`` so a
+    forward hook on their ``sn_last`` sees A; yields the counting neurons, restores the settings."""
+    counting = [m for m in module.modules() if counts_spikes(m)]
+    before = [m.count_spikes for m in counting]
+    blocks = [b for b in iter_blocks(module) if not counts_spikes(b.sn_last)]
+    fused = [b.fuse for b in blocks]
+    try:
+        for m in counting:
+            m.count_spikes = True
+        for b in blocks:
+            b.fuse = False
+        yield counting
+    finally:
+        for m, c in zip(counting, before):
+            m.count_spikes = c
+        for b, f in zip(blocks, fused):
             b.fuse = f

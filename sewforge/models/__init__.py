@@ -42,7 +42,9 @@ def create_model(name_or_spec: str, **kwargs: Any) -> nn.Module:
     ``create_model("c32k3s1-BN-PLIF-FC10", input_shape=(2, 32, 32), T=8)``.
     Keyword arguments set to None mean "the model's default" and are dropped. Common ones:
     ``num_classes``, ``T``, ``g``, ``neuron``, ``surrogate``, ``zero_init``, ``v_threshold``;
-    a spec string also needs ``input_shape=(C, H, W)``.
+    a spec string also needs ``input_shape=(C, H, W)``. Execution: ``memory="compact"`` (default;
+    spikes saved for backward in 1 bit), ``"recompute"`` (each residual block rerun in backward,
+    plus compact) or ``"dense"``; ``channels_last=True`` for channels_last weights and activations.
     """
     if not isinstance(name_or_spec, str):
         raise TypeError(f"create_model expects a model name or a spec string, got {type(name_or_spec).__name__}")

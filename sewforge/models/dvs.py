@@ -64,11 +64,11 @@ def _register(name: str) -> Callable[..., SpecNet]:
     def factory(num_classes: Optional[int] = None, T: Optional[int] = None, g: Any = None, neuron: Any = None,
                 surrogate: Any = None, zero_init: Optional[bool] = None, v_threshold: Optional[float] = None,
                 input_shape: Optional[Tuple[int, int, int]] = None, fuse: bool = True,
-                readout: str = "mean") -> SpecNet:
+                readout: str = "mean", memory: str = "compact", channels_last: bool = False) -> SpecNet:
         return build(spec, input_shape=tuple(input_shape) if input_shape is not None else ZOO_SPECS[name][2],
                      T=default_T if T is None else T, num_classes=num_classes, g=g, neuron=neuron,
                      surrogate=surrogate, zero_init=zero_init, v_threshold=v_threshold, fuse=fuse,
-                     readout=readout)
+                     readout=readout, memory=memory, channels_last=channels_last)
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = (f"{_DOCS[name]}\n\n    Paper: ``{paper_spec}``\n    Built: ``{spec}`` "

@@ -21,7 +21,8 @@ from torch import nn
 
 from ..blocks import conv_bn, neuron_factory
 from ..blocks.base import _positive_int
-from ..layers import seq_fold
+from ..layers import repeat_steps, seq_fold, steps_channels_last
+from ..memory import check_memory_mode, memory_context, recompute
 from ..registry import BLOCKS, MODELS
 
 __all__ = ["ResNet", "PARAM_COUNTS",
@@ -49,14 +50,24 @@ class ResNet(nn.Module):
     output is repeated T times) or ``[T, B, C, H, W]`` (the stem runs folded over T*B); output
     logits ``[B, num_classes]``. ``input_shape`` (default ``(in_channels, 224, 224)``) only
     records the intended input and sets the stem's channels; any H, W >= 1 runs.
+
+    ``memory`` (settable): "compact" (default) keeps the spikes saved for backward in 1 bit,
+    "recompute" also reruns each block in backward, "dense" leaves autograd as usual (see
+    :mod:`sewforge.memory`). ``channels_last=True`` keeps weights and every step of the
+    activations in channels_last layout.
     """
 
     def __init__(self, block: Union[str, type], layers: Sequence[int], *, num_classes: int = 1000, T: int = 4,
                  g: Any = "ADD", neuron: Union[str, Callable[..., nn.Module], None] = "IF", surrogate: Any = None,
                  zero_init: bool = False, v_threshold: Optional[float] = None, fuse: bool = True,
-                 in_channels: Optional[int] = None, input_shape: Optional[Sequence[int]] = None):
+                 in_channels: Optional[int] = None, input_shape: Optional[Sequence[int]] = None,
+                 memory: str = "compact", channels_last: bool = False):
         super().__init__()
         owner = type(self).__name__
+        self.memory = memory
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"{owner}: channels_last must be True or False, got {channels_last!r}")
+        self.channels_last = channels_last
         self.block_type = BLOCKS.get(block) if isinstance(block, str) else block
         if len(layers) != 4 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layers):
             raise ValueError(f"{owner}: layers must be 4 positive block counts, one per stage, got {layers!r}")
@@ -83,6 +94,17 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(channels, self.num_classes)
         self.num_features = channels
         self._init_weights(zero_init)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    @property
+    def memory(self) -> str:
+        """How activations are kept for backward: "compact", "dense" or "recompute" (settable)."""
+        return self._memory
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        self._memory = check_memory_mode(value)
 
     @torch.no_grad()
     def _init_weights(self, zero_init: bool) -> None:
@@ -125,8 +147,12 @@ class ResNet(nn.Module):
                              f"the model expects {self.conv1.in_channels}")
         if x.dim() == 4:
             # the stem is not spiking: on a static image it gives the same result at every step
-            x = self.bn1(self.conv1(x)).unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x = repeat_steps(self.bn1(self.conv1(x)), self.T, channels_last=self.channels_last)
         else:
+            if self.channels_last:
+                x = steps_channels_last(x)
             x = conv_bn(self.conv1, self.bn1, x)
         return seq_fold(self.maxpool, self.sn1(x))
 
@@ -134,7 +160,11 @@ class ResNet(nn.Module):
         """The last stage's output spikes ``[T, B, C, H', W']``."""
         x = self.stem(x)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
+            if self.memory == "recompute":
+                for block in stage:
+                    x = recompute(block, x)
+            else:
+                x = stage(x)
         return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +173,8 @@ class ResNet(nn.Module):
         return self.fc(x.mean(0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        with memory_context(self.memory):
+            return self.forward_head(self.forward_features(x))
 
 
 _DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),

@@ -7,6 +7,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..layers import repeat_steps, steps_channels_last
+from ..memory import MEMORY_MODES, check_memory_mode, memory_context, recompute
 from .errors import SpecError
 from .graph import Graph, GraphNode, apply_overrides, construct
 from .nodes import Spec
@@ -52,13 +54,21 @@ class SpecNet(nn.Module):
     last layer's output reduced over T (``readout="mean"``, as the paper, or ``"sum"``). When the
     last layer is ``FC``, it is applied to the mean of its inputs over T, which equals the mean of
     its outputs and costs one matrix product instead of T.
+
+    ``memory`` (settable, see :mod:`sewforge.memory`): "compact" keeps the spikes saved for
+    backward in 1 bit (1 byte for SEW block outputs), "recompute" also reruns each residual block
+    in backward instead of keeping its activations, "dense" leaves autograd as usual.
+    ``channels_last=True`` keeps the weights and every step of the activations in channels_last
+    layout (the input is converted in ``forward``).
     """
 
     def __init__(self, spec: Spec, graph_nodes: Sequence[GraphNode], layers: Sequence[nn.Module],
-                 input_shape: Tuple[int, ...], T: Optional[int] = None, readout: str = "mean"):
+                 input_shape: Tuple[int, ...], T: Optional[int] = None, readout: str = "mean",
+                 memory: str = "compact", channels_last: bool = False):
         super().__init__()
         if readout not in READOUTS:
             raise SpecError(f"readout={readout!r}: choose one of {', '.join(READOUTS)}")
+        _check_layout(memory, channels_last, input_shape)
         self.spec = spec
         self.layers = nn.ModuleList(layers)
         self.input_shape = tuple(input_shape)
@@ -74,6 +84,19 @@ class SpecNet(nn.Module):
         while prefix < limit and self._kinds[prefix] in _STATELESS:
             prefix += 1
         self._static_prefix = prefix
+        self.memory = memory
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    @property
+    def memory(self) -> str:
+        """How activations are kept for backward: "compact", "dense" or "recompute" (settable)."""
+        return self._memory
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        self._memory = check_memory_mode(value)
 
     # -- API ------------------------------------------------------------------------------
     @property
@@ -129,6 +152,10 @@ class SpecNet(nn.Module):
             dims = ", ".join(map(str, self.input_shape))
             raise ValueError(f"SpecNet({self.to_spec()!r}) was built for inputs [T, B, {dims}] or [B, {dims}], "
                              f"got {list(x.shape)}; rebuild with input_shape matching your data")
+        with memory_context(self.memory):
+            return self._forward(x, nd)
+
+    def _forward(self, x: torch.Tensor, nd: int) -> torch.Tensor:
         start = 0
         if x.dim() == nd + 1:  # static input: repeat over T after the stateless stem
             if self.T is None:
@@ -136,15 +163,20 @@ class SpecNet(nn.Module):
                                  "pass a sequence [T, B, ...]")
             steps = self.T
             x = x.unsqueeze(0)
+            if self.channels_last:
+                x = steps_channels_last(x)
             for layer in self.layers[:self._static_prefix]:
                 x = layer(x)
             start = self._static_prefix
-            x = x.expand(steps, *x.shape[1:]).contiguous()
+            x = repeat_steps(x[0], steps, channels_last=self.channels_last and x.dim() == 5)
         else:
             steps = x.shape[0]
+            if self.channels_last:
+                x = steps_channels_last(x)
         end = len(self.layers) - (1 if self._linear_readout else 0)
-        for layer in self.layers[start:end]:
-            x = layer(x)
+        again = self.memory == "recompute"
+        for layer, kind in zip(self.layers[start:end], self._kinds[start:end]):
+            x = recompute(layer, x) if again and kind == "block" else layer(x)
         if self._linear_readout:
             logits = self.layers[-1](x.mean(0, keepdim=True))[0]
             return logits * steps if self.readout == "sum" else logits
@@ -152,23 +184,38 @@ class SpecNet(nn.Module):
         return x.sum(0) if self.readout == "sum" else x.mean(0)
 
     def extra_repr(self) -> str:
-        return f"spec={self.to_spec()!r}, input_shape={self.input_shape}, T={self.T}, readout={self.readout!r}"
+        extra = f", memory={self.memory!r}" + (", channels_last=True" if self.channels_last else "")
+        return (f"spec={self.to_spec()!r}, input_shape={self.input_shape}, T={self.T}, readout={self.readout!r}"
+                + extra)
+
+
+def _check_layout(memory: Any, channels_last: Any, input_shape: Sequence[int]) -> None:
+    if not isinstance(memory, str) or memory not in MEMORY_MODES:
+        raise SpecError(f"memory={memory!r} is not a memory mode; use one of "
+                        f"{', '.join(repr(m) for m in MEMORY_MODES)}")
+    if not isinstance(channels_last, bool):
+        raise SpecError(f"channels_last={channels_last!r}: must be True or False")
+    if channels_last and len(tuple(input_shape)) != 3:
+        raise SpecError(f"channels_last=True needs image inputs (C, H, W), but input_shape={tuple(input_shape)}; "
+                        "use channels_last=False for flat inputs")
 
 
 def _compile(spec: Union[str, Spec], input_shape: Any, *, T: Optional[int], fuse: bool, readout: str, meta: bool,
-             overrides: dict) -> SpecNet:
+             overrides: dict, memory: str = "compact", channels_last: bool = False) -> SpecNet:
     parsed = parse(spec) if not isinstance(spec, Spec) else spec
     shape = _check_input_shape(input_shape)
     T = _check_T(T)
     if not isinstance(fuse, bool):
         raise SpecError(f"fuse={fuse!r}: must be True or False")
+    _check_layout(memory, channels_last, shape)
     parsed = apply_overrides(parsed, **overrides)
     if meta:
         with torch.device("meta"):
             nodes, modules = construct(parsed, shape, fuse=fuse, meta=True)
     else:
         nodes, modules = construct(parsed, shape, fuse=fuse, meta=False)
-    net = SpecNet(parsed, nodes, modules, shape, T=T, readout=readout)
+    net = SpecNet(parsed, nodes, modules, shape, T=T, readout=readout, memory=memory,
+                  channels_last=channels_last and not meta)
     if meta:
         net.graph  # noqa: B018  (measure now: the caller only wants the graph)
     return net
@@ -192,7 +239,7 @@ def _profiled_graph(net: SpecNet) -> Graph:
 def build(spec: Union[str, Spec], input_shape: Any = None, T: Optional[int] = None, *, neuron: Any = None,
           g: Any = None, surrogate: Any = None, zero_init: Optional[bool] = None,
           v_threshold: Optional[float] = None, num_classes: Optional[int] = None, fuse: bool = True,
-          readout: str = "mean") -> SpecNet:
+          readout: str = "mean", memory: str = "compact", channels_last: bool = False) -> SpecNet:
     """Compile a spec string into a :class:`SpecNet` for inputs of ``input_shape = (C, H, W)``.
 
     ``build("c32k3s1-BN-PLIF-{SEW(c32)-MPk2s2}*7-FC11", input_shape=(2, 128, 128), T=16)``.
@@ -201,9 +248,11 @@ def build(spec: Union[str, Spec], input_shape: Any = None, T: Optional[int] = No
     neuron, ``zero_init`` on every block, ``num_classes`` replaces the final ``FC``'s size.
     ``fuse`` runs each block's last neuron and g as one kernel. Blocks use the neuron of the
     nearest neuron token written before them (``IF`` if there is none) unless given
-    ``neuron=...``. Any problem raises :class:`SpecError` pointing at the token.
+    ``neuron=...``. ``memory`` ("compact", "dense", "recompute") and ``channels_last`` are
+    described in :class:`SpecNet`. Any problem raises :class:`SpecError` pointing at the token.
     """
-    return _compile(spec, input_shape, T=T, fuse=fuse, readout=readout, meta=False,
+    return _compile(spec, input_shape, T=T, fuse=fuse, readout=readout, meta=False, memory=memory,
+                    channels_last=channels_last,
                     overrides=dict(neuron=neuron, g=g, surrogate=surrogate, zero_init=zero_init,
                                    v_threshold=v_threshold, num_classes=num_classes))
 
@@ -214,4 +263,7 @@ def infer(spec: Union[str, Spec], input_shape: Any, **overrides: Any) -> Graph:
     T = overrides.pop("T", None)
     fuse = overrides.pop("fuse", True)
     readout = overrides.pop("readout", "mean")
-    return _compile(spec, input_shape, T=T, fuse=fuse, readout=readout, meta=True, overrides=overrides).graph
+    memory = overrides.pop("memory", "compact")
+    channels_last = overrides.pop("channels_last", False)
+    return _compile(spec, input_shape, T=T, fuse=fuse, readout=readout, meta=True, overrides=overrides,
+                    memory=memory, channels_last=channels_last).graph

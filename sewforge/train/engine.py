@@ -30,7 +30,7 @@ from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .runlog import Progress, RunLog
 
 __all__ = ["TrainResult", "NonFiniteLossError", "RunFolderError", "train", "evaluate_checkpoint", "build_model",
-           "build_datasets", "FiringRateMeter", "temporal_delete", "time_major"]
+           "build_datasets", "FiringRateMeter", "temporal_delete", "time_major", "compile_model", "compiler_problem"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,6 +77,11 @@ def build_model(recipe: Recipe, dataset: Dataset) -> nn.Module:
                               "v_threshold": m.v_threshold}
     if m.name in MODELS:  # a zoo model is sized for the data; a spec string says its classes (FC10)
         kwargs["num_classes"] = getattr(dataset, "num_classes", None)
+    # given only where they differ from the networks' defaults, so plugin factories without them still work
+    if m.memory != "compact":
+        kwargs["memory"] = m.memory
+    if m.channels_last:
+        kwargs["channels_last"] = True
     kwargs.update(m.kwargs)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     model = create_model(m.name, **kwargs)
@@ -86,6 +91,62 @@ def build_model(recipe: Recipe, dataset: Dataset) -> nn.Module:
         raise ValueError(f"model {m.name!r} has {got} outputs but dataset {recipe.data.name!r} has {classes} "
                          "classes; make the model's last layer match (e.g. FC{classes} in a spec string)")
     return model
+
+
+_COMPILER_PROBLEMS: Dict[str, Optional[str]] = {}
+
+
+def compiler_problem(device: torch.device) -> Optional[str]:
+    """None when ``torch.compile`` works on ``device`` (a tiny function is compiled and run once
+    per device type), else what went wrong, in one line."""
+    key = torch.device(device).type
+    if key not in _COMPILER_PROBLEMS:
+        try:
+            fn = torch.compile(lambda t: t * 2 + 1, fullgraph=True)
+            ok = bool((fn(torch.ones(8, device=device)) == 3).all())
+            _COMPILER_PROBLEMS[key] = None if ok else "a compiled test function gave a wrong result"
+        except Exception as exc:  # noqa: BLE001 - any backend failure means: run eager
+            _COMPILER_PROBLEMS[key] = _one_line(exc)
+    return _COMPILER_PROBLEMS[key]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+class _CompiledOrEager(nn.Module):
+    """Runs ``torch.compile(module)``; if its first call fails (no working backend for this
+    model), says so once and runs ``module`` eagerly from then on."""
+
+    def __init__(self, module: nn.Module, say: Any):
+        super().__init__()
+        self.module = module
+        object.__setattr__(self, "_compiled", torch.compile(module))
+        object.__setattr__(self, "_say", say)
+        self._works: Optional[bool] = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._works is None:
+            try:
+                out = self._compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a real error in the model raises again below, eagerly
+                self._works = False
+                self._say(f"compile: torch.compile failed on the first step ({_one_line(exc)}); training runs eager")
+            else:
+                self._works = True
+                return out
+        return (self._compiled if self._works else self.module)(*args, **kwargs)
+
+
+def compile_model(model: nn.Module, device: torch.device, say: Any) -> nn.Module:
+    """``model`` wrapped for ``torch.compile`` (falling back to eager on the first failure), or
+    ``model`` itself, with one line said, where this PyTorch has no working compiler."""
+    problem = compiler_problem(device)
+    if problem is not None:
+        say(f"compile: true, but torch.compile does not work here ({problem}); training runs eager")
+        return model
+    return _CompiledOrEager(model, say)
 
 
 def time_major(x: torch.Tensor) -> torch.Tensor:
@@ -120,8 +181,9 @@ class _ShardSampler(Sampler):
 class FiringRateMeter:
     """Mean firing rate of all neuron outputs: hooks on every ``BaseNeuron``.
 
-    While measuring, modules with a ``fuse`` switch run their last neuron and ``g`` separately, so
-    every neuron hands out spikes (a fused SEW neuron returns ``g(A, S)`` instead).
+    While measuring, neurons that count their own spikes inside their op (``count_spikes``) do,
+    and the fused SEW blocks keep running fused (the count is of A, not ``g(A, S)``); blocks whose
+    last neuron cannot count run it and ``g`` separately so that a hook sees the spikes.
     """
 
     def __init__(self, model: nn.Module):
@@ -132,27 +194,39 @@ class FiringRateMeter:
         self.spikes: Optional[torch.Tensor] = None
         self.count = 0
 
+    def _add(self, spikes: torch.Tensor, numel: int) -> None:
+        s = spikes.detach().reshape(()).to(torch.float64)
+        self.spikes = s if self.spikes is None else self.spikes + s
+        self.count += int(numel)
+
+    def _count_hook(self, module: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
+        spikes = getattr(module, "spike_count", None)
+        if isinstance(spikes, torch.Tensor):
+            self._add(spikes, module.spike_numel)
+
     def _hook(self, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
         if kwargs.get("shortcut") is not None or len(args) > 1 or not isinstance(out, torch.Tensor):
             return  # a fused g(A, S): not spikes
-        s = out.detach().sum(dtype=torch.float64)
-        self.spikes = s if self.spikes is None else self.spikes + s
-        self.count += out.numel()
+        self._add(out.detach().sum(dtype=torch.float64), out.numel())
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator["FiringRateMeter"]:
+        from ..blocks import spike_counting
+
         self.spikes, self.count = None, 0
-        handles = [n.register_forward_hook(self._hook, with_kwargs=True) for n in self.neurons]
-        fused = [(m, m.fuse) for m in self.model.modules() if isinstance(getattr(m, "fuse", None), bool)]
-        for m, _ in fused:
-            m.fuse = False
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-            for m, value in fused:
-                m.fuse = value
+        handles = []
+        with spike_counting(self.model) as counting:
+            counters = {id(m) for m in counting}
+            try:
+                for n in self.neurons:
+                    if id(n) in counters:
+                        handles.append(n.register_forward_hook(self._count_hook))
+                    else:
+                        handles.append(n.register_forward_hook(self._hook, with_kwargs=True))
+                yield self
+            finally:
+                for h in handles:
+                    h.remove()
 
     def totals(self) -> Tuple[float, float]:
         return (0.0 if self.spikes is None else float(self.spikes)), float(self.count)
@@ -432,6 +506,8 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(raw_model, device_ids=ids)
+    if recipe.compile:
+        model = compile_model(model, ctx.device, say)
 
     _seed_everything(recipe.seed + ctx.rank)
     train_sampler = DistributedSampler(datasets["train"], num_replicas=ctx.world_size, rank=ctx.rank,

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from ..memory import MEMORY_MODES
+
 __all__ = ["Recipe", "ModelConfig", "DataConfig", "OptimizerConfig", "SchedulerConfig", "RecipeError",
            "load_recipe", "recipe_from_dict", "recipe_to_dict", "dump_recipe", "parse_override",
            "SCHEDULERS"]
@@ -55,6 +57,12 @@ class ModelConfig:
     surrogate: Optional[str] = field(default=None, metadata=_meta("surrogate gradient: ATan, Rectangular, ..."))
     zero_init: Optional[bool] = field(default=None, metadata=_meta("start every residual block as an identity"))
     v_threshold: Optional[float] = field(default=None, metadata=_meta("firing threshold of every neuron"))
+    memory: str = field(default="compact", metadata=_meta(
+        "what backward keeps: compact (spikes in 1 bit), recompute (rerun each residual block in backward, "
+        "plus compact; least memory) or dense", choices=MEMORY_MODES))
+    channels_last: bool = field(default=False, metadata=_meta(
+        "channels_last layout of weights and of every time step of the activations (faster convolutions "
+        "on recent GPUs)"))
     kwargs: Dict[str, Any] = field(default_factory=dict, metadata=_meta(
         "further keyword arguments for sewforge.models.create_model"))
 
@@ -121,6 +129,8 @@ class Recipe:
         "random temporal delete: train on T_train of the T frames (ordered, one draw per batch); "
         "null = all frames", min=1))
     amp: bool = field(default=False, metadata=_meta("mixed precision (float16 + loss scaling on GPUs)"))
+    compile: bool = field(default=False, metadata=_meta(
+        "train through torch.compile (runs eager, with a warning, where no compiler works)"))
     amp_dtype: str = field(default="auto", metadata=_meta(
         "autocast dtype: auto = float16 on GPUs, bfloat16 on CPUs", choices=("auto", "float16", "bfloat16")))
     clip_grad: Optional[float] = field(default=None, metadata=_meta("clip the gradient norm to this value", gt=0.0))
