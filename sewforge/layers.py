@@ -52,7 +52,7 @@ def seq_fold(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
     if _keeps_values(module):
         kind = spike_kind(x)
         if kind is not None:  # max pooling of spikes gives spikes: they may be stored compactly too
-            mark_spikes(y, kind == "binary")
+            mark_spikes(y, kind=kind)
     return y.unflatten(0, (steps, batch))
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["mark_spikes", "spike_kind", "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved",
+__all__ = ["mark_spikes", "spike_kind", "combined_bound", "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved",
            "unpack_saved", "PackedSpikes", "recompute", "memory_context"]
 
 _ATTR = "_sewforge_spikes"
@@ -35,26 +35,55 @@ _ATTR = "_sewforge_spikes"
 MEMORY_MODES = ("compact", "dense", "recompute")
 
 
-def mark_spikes(t: torch.Tensor, binary: bool) -> torch.Tensor:
-    """Mark ``t`` as a neuron's output: ``binary`` (0/1 by construction) or possibly-integer.
+def mark_spikes(t: torch.Tensor, binary: bool = False, *, bound: Optional[int] = None,
+                kind: Optional[str] = None) -> torch.Tensor:
+    """Mark ``t`` as spikes: ``binary`` (0/1 by construction), integers known to lie in
+    ``[0, bound]``, or (neither) possibly-integer values to be checked before compacting; ``kind``
+    copies another tensor's mark (:func:`spike_kind`).
 
     Not under ``torch.compile``, whose compiled graph decides itself what it saves."""
     if torch.compiler.is_compiling():
         return t
+    if kind is None:
+        if binary or (bound is not None and bound <= 1):
+            kind = "binary"
+        else:
+            kind = f"int:{bound}" if bound is not None else "integer"
     try:
-        setattr(t, _ATTR, "binary" if binary else "integer")
+        setattr(t, _ATTR, kind)
     except (AttributeError, RuntimeError):  # e.g. a tensor subclass under tracing
         pass
     return t
 
 
 def spike_kind(t: torch.Tensor) -> Optional[str]:
-    """``"binary"``, ``"integer"`` (values to be checked) or None, also through views
-    (a convolution saves ``x.flatten(0, 1)``, whose ``_base`` is the neuron's output)."""
+    """``"binary"``, ``"int:N"`` (integers in [0, N]), ``"integer"`` (values to be checked) or
+    None, also through views (a convolution saves ``x.flatten(0, 1)``, whose ``_base`` is the
+    neuron's output)."""
     kind = getattr(t, _ATTR, None)
     if kind is None and t._base is not None:
         kind = getattr(t._base, _ATTR, None)
     return kind
+
+
+def _bound(kind: Optional[str]) -> Optional[int]:
+    if kind == "binary":
+        return 1
+    if kind is not None and kind.startswith("int:"):
+        return int(kind[4:])
+    return None
+
+
+#: how each built-in SEW function bounds g(A, S) for binary A and S in [0, N]
+_G_BOUNDS: Dict[str, Callable[[int], int]] = {"ADD": lambda n: n + 1, "AND": lambda n: n, "IAND": lambda n: n}
+
+
+def combined_bound(g_name: str, shortcut: Optional[torch.Tensor]) -> Optional[int]:
+    """The largest value of ``g(A, S)`` for binary A when S is a marked spike tensor (None when
+    unknown: then the values are checked before they are compacted)."""
+    n = _bound(spike_kind(shortcut)) if isinstance(shortcut, torch.Tensor) else None
+    rule = _G_BOUNDS.get(g_name)
+    return None if n is None or rule is None else rule(n)
 
 
 def check_memory_mode(value: Any, name: str = "memory") -> str:
@@ -186,6 +215,11 @@ def pack_saved(t: torch.Tensor) -> Any:
         flat = t.detach().permute(order).reshape(-1)  # a view: the values in memory order
         if kind == "binary":
             return PackedSpikes(_bits_of(flat), True, t)
+        bound = _bound(kind)
+        if bound is not None and bound <= 255:  # integers in [0, bound] by construction: no check
+            u = torch.empty(flat.numel(), dtype=torch.uint8, device=flat.device)
+            u.copy_(flat)
+            return PackedSpikes(u, False, t)
         u = _bytes_if_lossless(flat)
         if u is None:  # negative, above 255, fractional or NaN: kept as it is
             return t

@@ -390,3 +390,19 @@ def test_large_tensors_packed_piecewise_round_trip_and_are_checked_to_the_end():
     late = ints.clone()
     late[-1, -1] = 2.5  # the last element of the last piece
     assert pack_saved(mark_spikes(late, binary=False)) is late
+
+
+def test_fused_sew_outputs_carry_a_value_bound_so_compacting_needs_no_check():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 40) * 2
+    s = sewforge.create_neuron("IF")(torch.randn(3, 2, 40) * 2)  # binary, marked by the neuron
+    assert spike_kind(s) == "binary"
+    add = sewforge.create_neuron("IF")(x, shortcut=s, g="ADD")
+    assert spike_kind(add) == "int:2" and float(add.max()) <= 2
+    assert spike_kind(sewforge.create_neuron("IF")(x, shortcut=add, g="ADD")) == "int:3"
+    assert spike_kind(sewforge.create_neuron("IF")(x, shortcut=s, g="IAND")) == "binary"
+    # an unmarked shortcut: values unknown, checked when packed
+    assert spike_kind(sewforge.create_neuron("IF")(x, shortcut=torch.rand(3, 2, 40), g="ADD")) == "integer"
+    packed = pack_saved(add)
+    assert isinstance(packed, PackedSpikes) and not packed.bits
+    assert torch.equal(unpack_saved(packed), add)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..elementwise import ElementwiseFunction, create_elementwise
 from ..layers import seq_fold
-from ..memory import mark_spikes, spike_kind
+from ..memory import combined_bound, mark_spikes, spike_kind
 from ..neurons import BaseNeuron, create_neuron
 from ..registry import ELEMENTWISE
 
@@ -219,7 +219,7 @@ class ResidualBlock(nn.Module):
         a = self.sn_last(x)
         out = g(a, shortcut)
         if isinstance(out, torch.Tensor) and spike_kind(a) is not None and spike_kind(shortcut) is not None:
-            mark_spikes(out, binary=False)  # as the fused op marks it (values are checked before compacting)
+            mark_spikes(out, bound=combined_bound(g.name, shortcut))  # as the fused op marks it
         return out
 
     def extra_repr(self) -> str:

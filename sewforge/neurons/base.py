@@ -15,7 +15,7 @@ from torch import nn
 
 from ..kernels import BACKENDS, multistep_neuron
 from ..kernels.charge import ChargeEquation
-from ..memory import mark_spikes
+from ..memory import combined_bound, mark_spikes
 from ..surrogates import Surrogate, create_surrogate
 
 __all__ = ["BaseNeuron", "check_tau"]
@@ -140,7 +140,10 @@ class BaseNeuron(nn.Module):
             self.v = v_last
         if self.count_spikes:
             self.spike_count, self.spike_numel = count, x.numel()
-        return mark_spikes(out, binary=g is None)
+        if g is None:
+            return mark_spikes(out, binary=True)
+        name = g.name if hasattr(g, "name") else str(g).upper()
+        return mark_spikes(out, bound=combined_bound(name, shortcut))
 
     def extra_repr(self) -> str:
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset:g}"
