@@ -31,7 +31,8 @@ MODELS: Dict[str, Dict[str, Any]] = {
     "sew_resnet18": dict(T=4, batch=8, size=112, channels=3, classes=1000, frames=False, neuron="IF", g="ADD"),
 }
 QUICK = {"sew7b_gesture": dict(T=2, batch=1, size=128), "sew_resnet18": dict(T=2, batch=1, size=32)}
-IMPLS = ("sewforge", "spikingjelly")
+#: sewforge as built by default, sewforge with channels_last activations, SpikingJelly
+IMPLS = ("sewforge", "sewforge-cl", "spikingjelly")
 
 COLUMNS = [("model", "model", ""), ("implementation", "implementation", ""), ("params", "params", ","),
            ("ms", "step ms", ".1f"), ("vs_sj", "vs SJ", ".2f"), ("peak_mib", "peak+ MiB", ".1f"),
@@ -116,10 +117,11 @@ def build_sewforge(cfg: Dict[str, Any], memory: Optional[str] = None, channels_l
 def build(key: str, cfg: Dict[str, Any], device: torch.device, args: Any = None
           ) -> Tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], str, List[str]]:
     """``(model, forward, label, notes)``; ``forward(x)`` returns logits ``[B, classes]``."""
-    if key == "sewforge":
-        model, notes = build_sewforge(cfg, getattr(args, "memory", None), getattr(args, "channels_last", False))
+    if key in ("sewforge", "sewforge-cl"):
+        cl = key == "sewforge-cl" or getattr(args, "channels_last", False)
+        model, notes = build_sewforge(cfg, getattr(args, "memory", None), cl)
         model = model.to(device)
-        return model, model, "sewforge", notes
+        return model, model, "sewforge (channels_last)" if cl else "sewforge", notes
     name = cfg["model"]
     if name == "sew7b_gesture":
         net = sj.sew7b(input_size=cfg["size"], num_classes=cfg["classes"])
