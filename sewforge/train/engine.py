@@ -358,6 +358,9 @@ def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, recipe: Recipe,
 
 
 def _configure_torch(recipe: Recipe, device: torch.device) -> None:
+    from ..kernels.layout import tune_cpu_allocator
+
+    tune_cpu_allocator()  # a step's large activations reuse the previous step's memory
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     if recipe.deterministic:
