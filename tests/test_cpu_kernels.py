@@ -7,34 +7,14 @@ from hypothesis import given, settings, strategies as st
 
 import sewforge
 from sewforge import testing
-from sewforge.kernels import cpu, multistep_neuron
+from sewforge.kernels import cpu
 from sewforge.kernels.charge import ChargeEquation
-from sewforge.neurons import BaseNeuron, LIF_CHARGE
+from sewforge.neurons import BaseNeuron
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-SIZES = st.sampled_from([1, 2, 3, 5, 7, 11, 13, 517])
+from neuron_cases import neuron_cases
 
-
-@st.composite
-def neuron_cases(draw):
-    name = draw(st.sampled_from(["IF", "LIF", "PLIF"]))
-    kw = dict(
-        v_threshold=draw(st.sampled_from([1.0, 0.5, 0.75])),
-        v_reset=draw(st.sampled_from([0.0, None, -0.25])),
-        detach_reset=draw(st.booleans()),
-        surrogate=draw(st.sampled_from(sewforge.list_surrogates())),
-    )
-    if name == "LIF":
-        kw.update(tau=draw(st.floats(1.1, 10.0)), decay_input=draw(st.booleans()))
-    if name == "PLIF":
-        kw.update(init_tau=draw(st.floats(1.1, 10.0)), decay_input=draw(st.booleans()))
-    T = draw(st.integers(1, 64))
-    shape = (T,) + tuple(draw(st.lists(SIZES, min_size=0, max_size=2)))
-    dtype = draw(st.sampled_from(DTYPES))
-    g = draw(st.sampled_from([None, "ADD", "AND", "IAND"]))
-    scale = draw(st.sampled_from([0.5, 1.5, 4.0]))
-    seed = draw(st.integers(0, 2 ** 16))
-    return name, kw, shape, dtype, g, scale, seed
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+LONG = dict(max_T=64, sizes=(1, 2, 3, 5, 7, 11, 13, 517), max_dims=2, dtypes=DTYPES)
 
 
 def _case_tensors(shape, dtype, g, scale, seed, integer_shortcut=False):
@@ -50,11 +30,9 @@ def _case_tensors(shape, dtype, g, scale, seed, integer_shortcut=False):
 
 
 @settings(max_examples=100)
-@given(neuron_cases(), st.booleans())
+@given(neuron_cases(**LONG), st.booleans())
 def test_cpu_kernel_equals_reference(case, integer_shortcut):
     name, kw, shape, dtype, g, scale, seed = case
-    if kw["v_reset"] is not None and kw["v_reset"] >= kw["v_threshold"]:
-        kw["v_reset"] = 0.0
     neuron = sewforge.create_neuron(name, **kw)
     x, sc, go = _case_tensors(shape, dtype, g, scale, seed, integer_shortcut)
     assert cpu.cpu_impl(_spec_of(neuron, g), dtype) == "c"  # the compiled kernel, not the fallback
@@ -62,11 +40,9 @@ def test_cpu_kernel_equals_reference(case, integer_shortcut):
 
 
 @settings(max_examples=30)
-@given(neuron_cases())
+@given(neuron_cases(**LONG))
 def test_pytorch_fallback_equals_reference(case):
     name, kw, shape, dtype, g, scale, seed = case
-    if kw["v_reset"] is not None and kw["v_reset"] >= kw["v_threshold"]:
-        kw["v_reset"] = 0.0
     neuron = sewforge.create_neuron(name, **kw)
     x, sc, go = _case_tensors((min(shape[0], 9),) + shape[1:], dtype, g, scale, seed)
     with pytest.MonkeyPatch.context() as mp:

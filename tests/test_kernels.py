@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 
 import sewforge
 from sewforge import testing
@@ -12,31 +12,7 @@ from sewforge._triton import jit, tl  # noqa: F401  (the interpreter needs tl be
 from sewforge.kernels.multistep import specializations
 from sewforge.neurons import LIF_CHARGE
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-SIZES = st.sampled_from([1, 2, 3, 5, 7, 11, 13])
-
-
-@st.composite
-def neuron_cases(draw):
-    name = draw(st.sampled_from(["IF", "LIF", "PLIF"]))
-    kw = dict(
-        v_threshold=draw(st.sampled_from([1.0, 0.5, 0.75])),
-        v_reset=draw(st.sampled_from([0.0, None, -0.25])),
-        detach_reset=draw(st.booleans()),
-        surrogate=draw(st.sampled_from(sewforge.list_surrogates())),
-    )
-    if name == "LIF":
-        kw.update(tau=draw(st.floats(1.1, 10.0)), decay_input=draw(st.booleans()))
-    if name == "PLIF":
-        kw.update(init_tau=draw(st.floats(1.1, 10.0)), decay_input=draw(st.booleans()))
-    T = draw(st.integers(1, 9))
-    shape = (T,) + tuple(draw(st.lists(SIZES, min_size=0, max_size=3)))
-    dtype = draw(st.sampled_from(DTYPES))
-    g = draw(st.sampled_from([None, "ADD", "AND", "IAND"]))
-    scale = draw(st.sampled_from([0.5, 1.5, 4.0]))
-    seed = draw(st.integers(0, 2 ** 16))
-    return name, kw, shape, dtype, g, scale, seed
-
+from neuron_cases import neuron_cases
 
 @settings(max_examples=100)
 @given(neuron_cases())

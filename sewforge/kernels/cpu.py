@@ -279,9 +279,9 @@ def _cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "sewforge" / "kernels"
 
 
-def _flags(io: str) -> List[str]:
+def _flags() -> List[str]:
     flags = ["-O3", "-std=gnu11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
-    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+    if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64"):
         flags.append("-march=native")
     return flags
 
@@ -316,9 +316,8 @@ def _build(spec: KernelSpec, dtype: torch.dtype) -> Optional[ctypes.CDLL]:
         return None
     if cc in _BROKEN:
         return None
-    io = _IO[dtype]
     source = generate_source(spec, dtype)
-    flags = _flags(io)
+    flags = _flags()
     digest = hashlib.sha256("\0".join([source, cc, " ".join(flags), _cpu_signature(), sys.platform]).encode())
     folder = _cache_dir()
     path = folder / f"sf_{digest.hexdigest()[:24]}.so"
