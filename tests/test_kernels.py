@@ -136,3 +136,25 @@ class _NeuronIgnoringVRest(sewforge.neurons.LIFNode):
 def test_conformance_check_catches_a_kernel_that_ignores_the_reset_potential():
     with pytest.raises(AssertionError, match="differs from the reference"):
         testing.check_neuron(_NeuronIgnoringVRest, dtypes=(torch.float32,), surrogates=("ATan",))
+
+
+@pytest.mark.parametrize("g", [None, "ADD", "IAND"])
+def test_every_fused_path_keeps_channels_last_and_counts_spikes(device, g):
+    """Through the public neuron API on the test device (CPU: C and interpreted Triton; CUDA: Triton)."""
+    gen = torch.Generator().manual_seed(5)
+    T, B, C, H, W = 3, 2, 4, 5, 3
+    x = (torch.randn(T * B, C, H, W, generator=gen) * 1.5).to(memory_format=torch.channels_last)
+    x = x.unflatten(0, (T, B)).to(device)
+    sc = None
+    if g:
+        sc = torch.empty_like(x).copy_((torch.rand(x.shape, generator=gen) > 0.5).to(device))
+    ref_neuron = sewforge.create_neuron("PLIF", backend="torch")
+    a_ref = ref_neuron(x.contiguous())
+    for backend in testing.fused_backends(device):
+        plif = sewforge.create_neuron("PLIF", backend=backend)
+        plif.count_spikes = True
+        xb = x.detach().clone().requires_grad_(True)
+        out = plif(xb, shortcut=sc, g=g) if g else plif(xb)
+        assert out.stride() == x.stride(), backend
+        assert plif.spike_count.item() == a_ref.sum().item(), backend
+        testing.compare_to_reference(plif, x, shortcut=sc, g=g, backend=backend)
