@@ -112,10 +112,12 @@ def test_step_benchmark_compares_equal_networks(tmp_path):
                  "--repeat", "2", "--warmup", "1", "--no-rss", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     by = {r["impl"]: r for r in data["rows"]}
-    assert set(by) == {"sewforge", "spikingjelly"}
-    assert by["sewforge"]["params"] == by["spikingjelly"]["params"] == 11_689_512
+    impls = ("sewforge", "sewforge-cl", "spikingjelly")
+    assert set(by) == set(impls)
+    assert by["sewforge-cl"]["implementation"] == "sewforge (channels_last)"
+    assert by["sewforge"]["params"] == by["sewforge-cl"]["params"] == by["spikingjelly"]["params"] == 11_689_512
     assert by["sewforge"]["vs_sj"] == pytest.approx(by["sewforge"]["ms"] / by["spikingjelly"]["ms"])
-    assert [(k, r) for _, k, r in data["order"]] == [(k, r) for r in range(2) for k in ("sewforge", "spikingjelly")]
+    assert [(k, r) for _, k, r in data["order"]] == [(k, r) for r in range(2) for k in impls]
 
 
 def test_gpu_check_without_cuda_exits_2(tmp_path, monkeypatch, capsys):
