@@ -33,7 +33,7 @@ def fused_backends(device: Any = "cpu") -> Tuple[str, ...]:
 
 #: (rtol, atol) for gradients, per input dtype; spikes must match exactly in every dtype.
 TOLERANCES: Dict[torch.dtype, Tuple[float, float]] = {
-    torch.float64: (1e-4, 1e-6),  # fp64 state, but kernel scalars (pi, alpha, V_th) are fp32
+    torch.float64: (1e-9, 1e-12),  # fp64 state and fp64 kernel scalars
     torch.float32: (1e-5, 1e-6),
     torch.float16: (1e-2, 1e-3),
     torch.bfloat16: (2e-2, 1e-2),
