@@ -6,8 +6,9 @@
 """
 from __future__ import annotations
 
+from .nir_export import NIRExportError, run_nir, to_nir, write_nir
 from .convert import (SOURCES, ConversionError, ConversionWarning, Converted, Source, convert_state_dict,
                       load_pretrained, load_source, save_converted)
 
 __all__ = ["SOURCES", "ConversionError", "ConversionWarning", "Converted", "Source", "convert_state_dict",
-           "load_pretrained", "load_source", "save_converted"]
+           "load_pretrained", "load_source", "save_converted", "NIRExportError", "to_nir", "write_nir", "run_nir"]
