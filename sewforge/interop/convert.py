@@ -334,6 +334,9 @@ def convert_state_dict(src: Union[str, Path, Source], model_name: Optional[str] 
                 "Fine-tune with g=IAND only if you mean the paper's function.")
         notes.append(note)
         warnings.warn(note, ConversionWarning, stacklevel=2)
+    if source.kind == "spikingjelly" and "neuron" not in kwargs:
+        notes.append("the state dict holds no neuron parameters, so IF and LIF look alike; converted with the "
+                     "model's default neuron (pass neuron= / --neuron LIF if the source used LIF)")
     if source.kind == "spikingjelly" and "g" not in kwargs and any(getattr(b, "uses_g", False) for b in model.modules()):
         notes.append("the state dict does not record SpikingJelly's cnf; converted with the model's default g=ADD "
                      "(pass g= / --g if the source used AND or IAND)")
