@@ -15,6 +15,8 @@ COMMANDS = {
     "build": ("build", "build a network from a spec string or model name and print its layer table"),
     "train": ("train", "train a model from a YAML recipe"),
     "analyze": ("analyze", "firing rates, gradient amplitudes and the degradation study"),
+    "convert": ("convert", "convert SpikingJelly or 2021 SEW checkpoints into sewforge checkpoints"),
+    "export": ("export", "export a network to NIR (the Neuromorphic Intermediate Representation)"),
     "list": ("listing", "list registered neurons, surrogates, element-wise functions, blocks, models"),
 }
 

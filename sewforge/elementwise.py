@@ -14,7 +14,7 @@ import torch
 from ._triton import jit, tl  # noqa: F401  (the interpreter needs tl in the module of every jit function)
 from .registry import ELEMENTWISE
 
-__all__ = ["ElementwiseFunction", "create_elementwise", "sew_function", "ADD", "AND", "IAND"]
+__all__ = ["ElementwiseFunction", "create_elementwise", "sew_function", "ADD", "AND", "IAND", "RIAND"]
 
 
 @dataclass(frozen=True, eq=False)  # identity: compared and hashed by object, cheaply (also under torch.compile)
@@ -117,9 +117,31 @@ def _iand_ds(a, s):
     return 1.0 - a
 
 
+@jit
+def _riand(a, s):
+    return a * (1.0 - s)
+
+
+@jit
+def _riand_da(a, s):
+    return 1.0 - s
+
+
+@jit
+def _riand_ds(a, s):
+    return -a
+
+
 ADD = _register(ElementwiseFunction("ADD", lambda a, s: a + s, _add, _one, _one, 0.0, "A + S",
                                     c_fn="a + s", c_dg_da="1", c_dg_ds="1", backward_reads_s=False))
 AND = _register(ElementwiseFunction("AND", lambda a, s: a * s, _and, _and_da, _and_ds, 1.0, "A * S",
                                     c_fn="a * s", c_dg_da="s", c_dg_ds="a"))
 IAND = _register(ElementwiseFunction("IAND", lambda a, s: (1 - a) * s, _iand, _iand_da, _iand_ds, 0.0,
                                      "(1 - A) * S", c_fn="(1 - a) * s", c_dg_da="-s", c_dg_ds="1 - a"))
+#: IAND with its operands reversed, ``A * (1 - S)``: what SpikingJelly's ``Bottleneck`` computes for
+#: ``cnf="IAND"`` (its ``BasicBlock`` computes the paper's ``(1 - A) * S``). Only for running
+#: networks converted from such checkpoints (:mod:`sewforge.interop`); no A makes it an identity,
+#: so zero-init cannot start a RIAND block as one.
+RIAND = _register(ElementwiseFunction("RIAND", lambda a, s: a * (1 - s), _riand, _riand_da, _riand_ds, 0.0,
+                                      "A * (1 - S) (IAND with reversed operands, SpikingJelly's Bottleneck)",
+                                      c_fn="a * (1 - s)", c_dg_da="1 - s", c_dg_ds="-a"))

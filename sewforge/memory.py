@@ -75,7 +75,8 @@ def _bound(kind: Optional[str]) -> Optional[int]:
 
 
 #: how each built-in SEW function bounds g(A, S) for binary A and S in [0, N]
-_G_BOUNDS: Dict[str, Callable[[int], int]] = {"ADD": lambda n: n + 1, "AND": lambda n: n, "IAND": lambda n: n}
+_G_BOUNDS: Dict[str, Callable[[int], int]] = {"ADD": lambda n: n + 1, "AND": lambda n: n, "IAND": lambda n: n,
+                                                  "RIAND": lambda n: 1 if n <= 1 else None}
 
 
 def combined_bound(g_name: str, shortcut: Optional[torch.Tensor]) -> Optional[int]:

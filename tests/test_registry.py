@@ -78,7 +78,7 @@ def test_core_registries_are_populated():
     assert sewforge.list_neurons("*IF") == ["IF", "LIF", "PLIF"]
     assert {"ATan", "Sigmoid", "Rectangular", "PiecewiseQuadratic", "Constant", "ATanA5"} <= set(
         sewforge.list_surrogates())
-    assert sewforge.list_elementwise() == ["ADD", "AND", "IAND"]
+    assert sewforge.list_elementwise() == ["ADD", "AND", "IAND", "RIAND"]
 
 
 def test_list_command_prints_entries(capsys):

@@ -1,5 +1,6 @@
 """The paper's analyses on any model: firing rates of A^l and O^l per block (Figures 4, 5, 11),
-gradient amplitudes ||dL/dS^l|| (Figures 6-8) and the degradation study (Table 2). Each writes a CSV
+gradient amplitudes ||dL/dS^l|| (Figures 6-8), the degradation study (Table 2) and synaptic operations
+and energy per layer against the same network as an ANN. Each writes a CSV
 and a PNG into --out; docs/reproduction.md has the commands behind every figure and what they show.
 """
 from __future__ import annotations
@@ -131,6 +132,12 @@ _EXAMPLES = {
   sewforge analyze grads sew_resnet152 spiking_resnet152 --g ADD AND IAND --input 3x64x64 --batch 2 \\
       --v-threshold 1 --alpha 2 --theory                           # Figure 6; (0.5, 2): 7; (1, 3): 8
 """,
+    "energy": """examples:
+  sewforge analyze energy sew_resnet18 --input 3x64x64 --T 4       # random Bernoulli(0.5) input spikes
+  sewforge analyze energy sew7b_gesture --data synthetic --data-arg size=128
+  sewforge analyze energy --checkpoint sj_sew_resnet18.pth --model sew_resnet18 --input 3x224x224 --batch 1
+  sewforge analyze energy sew_resnet18 --input 3x64x64 --e-mac 3.1 --e-ac 0.1   # other technology figures
+""",
     "degradation": """examples:
   sewforge analyze degradation                                    # 1 2 4 8 blocks, 4 epochs, CPU minutes
   sewforge analyze degradation --depths 1 4 16 --epochs 10 --num-train 1024 --families spiking sew plain
@@ -162,6 +169,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     grads.add_argument("--theory", action="store_true",
                        help="also draw the Appendix A.4 predictions where a run of blocks is an exact identity")
     grads.set_defaults(_analysis=_run_grads)
+
+    energy = sub.add_parser("energy", help="synaptic operations and energy per layer, SNN vs the same ANN",
+                            description="Per convolution / linear layer: dense MACs, measured input firing rate, "
+                                        "synaptic operations and energy (45 nm: MAC 4.6 pJ, AC 0.9 pJ) against the same "
+                                        "network as an ANN. Writes energy.csv and energy.png.",
+                            formatter_class=raw, epilog=_EXAMPLES["energy"])
+    energy.add_argument("models", nargs="?", default=None, metavar="MODEL",
+                        help="zoo model name or spec string (or --checkpoint)")
+    energy.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="weights: a sewforge checkpoint, a SpikingJelly state dict or a 2021 SEW checkpoint")
+    energy.add_argument("--model", default=None, metavar="NAME", help="the model of a --checkpoint that does not name it")
+    energy.add_argument("--input", type=_shape, metavar="CxHxW", help="input shape (default: the model's own)")
+    energy.add_argument("--T", type=_positive_int, default=None, help="time steps (default: the model's own, else 4)")
+    energy.add_argument("--batch", type=_positive_int, default=2, help="samples measured (default 2)")
+    energy.add_argument("--data", default="random", metavar="NAME",
+                        help="'random' (Bernoulli spikes, default) or a registered dataset such as 'synthetic'")
+    energy.add_argument("--p", type=_probability, default=0.5, help="spike probability of --data random (default 0.5)")
+    energy.add_argument("--split", default="test", help="dataset split (default test)")
+    energy.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder")
+    energy.add_argument("--data-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="extra dataset argument, repeatable (e.g. --data-arg size=128)")
+    energy.add_argument("--g", type=_g, default=None, help="element-wise function of the SEW blocks")
+    energy.add_argument("--neuron", default=None, help="neuron of every layer (default: the model's own)")
+    energy.add_argument("--num-classes", type=_positive_int, default=None, help="outputs of the model")
+    energy.add_argument("--e-mac", type=_positive_float, default=4.6, help="pJ per multiply-accumulate (default 4.6)")
+    energy.add_argument("--e-ac", type=_positive_float, default=0.9, help="pJ per accumulate (default 0.9)")
+    energy.add_argument("--seed", type=int, default=0, help="seed of the weights and the random input")
+    energy.add_argument("--out", default="runs/analysis/energy", metavar="DIR",
+                        help="output folder (default runs/analysis/energy)")
+    energy.add_argument("--title", default=None, help="figure title")
+    energy.set_defaults(_analysis=_run_energy)
 
     deg = sub.add_parser("degradation", help="final training loss against depth (Table 2's degradation)",
                          description="Train Spiking ResNet and SEW ResNet of several depths for the same budget on "
@@ -368,6 +406,51 @@ def _report_theory(rows: List[Dict[str, Any]]) -> None:
             if errs and not (key != "predicted" and vrows[0]["theory"] == "Eq11"):
                 parts.append(f"{name} {100 * max(errs):.3g}%")
         _say(f"  {label} ({len(vrows)} blocks): " + ", ".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------
+# energy
+# ---------------------------------------------------------------------------------------------
+def _run_energy(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..analysis.common import AnalysisError, write_csv
+    from ..analysis.energy import ENERGY_COLUMNS, energy_report, plot_energy, totals
+    from ..analysis.study import make_batch
+    from ..interop import convert_state_dict
+    from ..models import create_model
+
+    t0 = time.perf_counter()
+    if bool(args.models) == bool(args.checkpoint):
+        raise AnalysisError("name one MODEL or pass --checkpoint PATH (with --model where the file does not name it)")
+    torch.manual_seed(args.seed)
+    kw = dict(g=args.g, neuron=args.neuron, num_classes=args.num_classes, T=args.T)
+    if args.checkpoint:
+        model = convert_state_dict(args.checkpoint, args.model, **kw).model
+        label = args.checkpoint
+    else:
+        if args.input is not None:
+            kw["input_shape"] = args.input
+        model = create_model(args.models, **kw)
+        label = args.models
+    model.eval()
+    T = args.T or getattr(model, "T", None) or 4
+    shape = args.input or tuple(getattr(model, "input_shape", ()) or ()) or None
+    batch = make_batch(args.data, T=T, batch=args.batch, input_shape=shape, num_classes=None, p=args.p,
+                       seed=args.seed, split=args.split, root=args.data_root, dataset_kwargs=dict(args.data_arg))
+    rows = energy_report(model, batch.x, e_mac=args.e_mac, e_ac=args.e_ac)
+    out = Path(args.out)
+    csv_path = write_csv(out / "energy.csv", [r.as_row() for r in rows], ENERGY_COLUMNS)
+    tot = totals(rows)
+    title = args.title or (f"{label}: {tot['energy_pj'] * 1e-6:.3g} uJ as SNN vs {tot['ann_energy_pj'] * 1e-6:.3g} uJ "
+                           f"as ANN per sample (MAC {args.e_mac:g} pJ, AC {args.e_ac:g} pJ)\n{batch.description}")
+    png_path = plot_energy(rows, out / "energy.png", title=title)
+    _say(f"{label} on {batch.description}: {len(rows)} layers")
+    _say(f"  dense MACs per step {tot['dense_macs']:.4g}, synaptic operations {tot['sops']:.4g} per sample")
+    _say(f"  energy per sample: SNN {tot['energy_pj'] * 1e-6:.4g} uJ, ANN {tot['ann_energy_pj'] * 1e-6:.4g} uJ "
+         f"(ratio {tot['ratio']:.3g})")
+    _say(f"wrote {csv_path} and {png_path} in {time.perf_counter() - t0:.1f}s")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

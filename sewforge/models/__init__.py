@@ -45,7 +45,16 @@ def create_model(name_or_spec: str, **kwargs: Any) -> nn.Module:
     a spec string also needs ``input_shape=(C, H, W)``. Execution: ``memory="compact"`` (default;
     spikes saved for backward in 1 bit), ``"recompute"`` (each residual block rerun in backward,
     plus compact) or ``"dense"``; ``channels_last=True`` for channels_last weights and activations.
+    ``pretrained=PATH`` loads weights from a sewforge checkpoint, a SpikingJelly 2.0 state dict or a
+    2021 SEW checkpoint, converting them (:func:`sewforge.interop.convert_state_dict`).
     """
+    pretrained = kwargs.pop("pretrained", None)
+    if pretrained is not None:
+        from ..interop.convert import load_pretrained
+
+        if not isinstance(name_or_spec, str) or name_or_spec.strip() not in MODELS:
+            raise ValueError(f"pretrained= needs a zoo model name (see `sewforge list models`), got {name_or_spec!r}")
+        return load_pretrained(name_or_spec.strip(), pretrained, **kwargs)
     if not isinstance(name_or_spec, str):
         raise TypeError(f"create_model expects a model name or a spec string, got {type(name_or_spec).__name__}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
