@@ -181,3 +181,27 @@ def test_simple_output_templates_still_fill_in(tmp_path):
                     + RECIPE_BODY)
     recipe = load_recipe(path)
     assert recipe.output == f"runs/ok_sew7b_gesture_T{recipe.data.T}_s{recipe.seed:03d}_lr{recipe.optimizer.lr:.0e}"
+
+
+_values = st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=4), st.lists(st.integers(), max_size=2),
+                    st.just({"w": torch.zeros(2)}), st.just({"w": 1}), st.just(torch.ones(1)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.sampled_from(["version", "model", "epoch", "optimizer", "best_test_acc", "best_epoch",
+                                        "history", "recipe"]), _values, max_size=8))
+def test_a_checkpoint_with_wrong_contents_is_refused_before_use(folder, contents):
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"format": "sewforge-train-checkpoint", **contents}, buf)
+    path = _file(folder, buf.getvalue(), "best.pt")
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        assert str(path) in str(err) and "\n" not in str(err)
+        return
+    # what evaluation and resuming read has the right type
+    assert isinstance(state["model"], dict) and all(isinstance(v, torch.Tensor) for v in state["model"].values())
+    assert isinstance(state.get("epoch", 0), int) and isinstance(state.get("history", []), list)
+    assert isinstance(state.get("recipe", {}), dict) and isinstance(state.get("optimizer", {}), dict)

@@ -23,7 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (CheckpointError, capture_rng, load_checkpoint, require_resumable, restore_rng,
+                         save_checkpoint)
 from .distributed import (DistContext, all_gather_objects, all_reduce_sum, average_bn_buffers, main_process_first,
                           setup, teardown)
 from .recipe import Recipe, dump_recipe, recipe_to_dict
@@ -511,6 +512,7 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
                 raise CheckpointError(f"nothing to resume: {str(ckpt_path)!r} does not exist (no epoch of this run "
                                       "has finished); start the run without --resume")
             ckpt = load_checkpoint(ckpt_path)
+            require_resumable(ckpt, ckpt_path)
         elif ctx.is_main and not overwrite and not (output / "last.pt").exists() and finished_epochs(output) == 0:
             restart = (output / "args.yaml").exists()
         elif ctx.is_main and not overwrite:
