@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import os
 import re
 import warnings
@@ -209,6 +210,14 @@ class Registry:
                 obj = ep.load()
                 if callable(obj) and not isinstance(obj, type):
                     obj(self)
+                elif not callable(obj) and not inspect.ismodule(obj):
+                    raise TypeError(f"entry point {ep.value!r} names an object of type {type(obj).__name__}, expected a module "
+                                    "(importing it registers its entries) or a callable taking the registry")
+            except SystemExit as exc:  # sys.exit() in a plugin must not end the program; Ctrl-C still does
+                for reg, entries in before:
+                    reg._entries = entries
+                _report(self.group, f"{pkg} {ver}".strip() + f" (entry point {ep.name!r})",
+                        RuntimeError(f"the plugin called sys.exit({exc.code!r}) while loading"))
             except Exception as exc:
                 for reg, entries in before:  # a half-registered plugin is dropped as a whole
                     reg._entries = entries

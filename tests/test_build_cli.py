@@ -89,3 +89,28 @@ def test_input_shape_parsing():
     for bad in ("2x0x4", "ax2x2", "2x2", ""):
         with pytest.raises(ValueError, match="CxHxW"):
             parse_input_shape(bad)
+
+
+def test_a_huge_mistyped_width_is_tabulated_without_allocating_it(capsys, monkeypatch):
+    import sewforge.models
+
+    built = []
+    real = sewforge.models.create_model
+    monkeypatch.setattr(sewforge.models, "create_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    # c100000 for c100: a 2x8x8 input then needs 64M weights in FC10 (256 MB) that the table only counts
+    code, out, err = run(capsys, "c100000k3s1-BN-PLIF-FC10", "--input", "2x8x8")
+    assert code == 0 and err == ""
+    conv, bn, fc = 2 * 9 * 100_000, 2 * 100_000, 100_000 * 8 * 8 * 10 + 10
+    plif = sum(p.numel() for p in built[0].parameters()) - conv - bn - fc
+    assert 0 <= plif <= 1  # PLIF's learnable time constant
+    assert f"total parameters: {conv + bn + fc + plif:,}" in out
+    assert all(t.is_meta for t in list(built[0].parameters()) + list(built[0].buffers()))
+
+
+def test_deep_nesting_and_long_unknown_words_are_short_errors(capsys):
+    code, _, err = run(capsys, "{" * 500 + "BN" + "}*1" * 500, "--input", "2x8x8")
+    assert code == 2 and "nested more than 64 deep" in err and "Traceback" not in err
+    assert len(err) < 1000
+    code, _, err = run(capsys, "c4k3s1-BN-" + "Q" * 100_000, "--input", "2x8x8")
+    assert code == 2 and f"unknown layer, neuron or block '{'Q' * 40}...'" in err
+    assert len(err) < 1000

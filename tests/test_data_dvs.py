@@ -5,6 +5,7 @@ expected frames come from a slow pure-Python integration, so the readers, the sp
 the frames and the cache are all checked end to end.
 """
 import os
+import re
 import struct
 import time
 
@@ -282,6 +283,32 @@ def test_cifar10dvs_split_is_first_90_percent_in_sorted_order(tmp_path):
     half = create_dataset("cifar10_dvs", root=tmp_path, split="test", T=T, train_ratio=0.5, workers=1,
                           verbose=False)
     assert len(half) == 5 + 9 * 1
+
+
+@pytest.mark.parametrize("content,problem", [
+    (b"", "empty file (0 bytes)"),
+    (struct.pack(">II", 5, 7) * 3, "not an AEDAT 2.0 file"),  # events without the header
+    (b"# a comment\r\n" + struct.pack(">II", 5, 7), "not an AEDAT 2.0 file"),
+    (b"#!AER-DAT3.1\r\n" + struct.pack(">II", 5, 7), "not an AEDAT 2.0 file"),
+])
+def test_cifar10dvs_recording_that_is_not_a_recording_is_named(tmp_path, content, problem):
+    rng = np.random.default_rng(6)
+    make_cifar10dvs_root(tmp_path, rng, n_airplane=2, n_other=2)
+    bad = tmp_path / "dog" / "cifar10_dog_1.aedat"
+    bad.write_bytes(content)
+    with pytest.raises(DatasetFormatError, match=re.escape(f"{bad}: {problem}")):
+        read_cifar10dvs_aedat(bad)
+    with pytest.raises(DatasetFormatError, match=re.escape(str(bad))):
+        create_dataset("cifar10_dvs", root=tmp_path, T=2, workers=1, verbose=False)
+
+
+def test_a_split_without_samples_is_an_error_naming_split_and_folder(tmp_path):
+    make_cifar10dvs_root(tmp_path, np.random.default_rng(7), n_airplane=2, n_other=2)
+    # every recording goes to the training split: the test split is empty
+    with pytest.raises(ValueError, match=rf"'cifar10_dvs': the test split in {re.escape(str(tmp_path))} has no samples"):
+        create_dataset("cifar10_dvs", root=tmp_path, split="test", T=2, train_ratio=1.0, workers=1, verbose=False)
+    assert len(create_dataset("cifar10_dvs", root=tmp_path, split="train", T=2, train_ratio=1.0, workers=1,
+                              verbose=False)) == 20
 
 
 def test_cifar10dvs_spikingjelly_frames_and_missing_classes(tmp_path):

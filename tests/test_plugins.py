@@ -87,3 +87,30 @@ def test_broken_plugin_is_reported_and_breaks_nothing_else(tmp_path):
     assert lines[2] == "False"
     assert "Plugins that failed to load: broken-neuron 2.0" in lines[3]
     assert lines[4] == "PLIFNode"
+
+
+def test_a_plugin_that_exits_or_is_not_callable_is_named_and_skipped(tmp_path):
+    for name, value in (("exiting_neuron", "exiting_neuron"), ("constant_neuron", "constant_neuron:LIMIT")):
+        dist = tmp_path / f"{name}-1.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 1.0\n")
+        (dist / "entry_points.txt").write_text(f"[sewforge.neurons]\n{name} = {value}\n")
+    (tmp_path / "exiting_neuron.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "constant_neuron.py").write_text("LIMIT = 5\n")
+    code = """
+        import warnings, sewforge
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            names = sewforge.list_neurons()
+        print("PLIF" in names)
+        for group, package, err in sewforge.plugin_errors():
+            print(package, "|", err)
+    """
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(tmp_path),
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "True"
+    errors = dict(line.split(" | ", 1) for line in lines[1:])
+    assert "sys.exit(3)" in errors["exiting-neuron 1.0 (entry point 'exiting_neuron')"]
+    assert "names an object of type int, expected a module" in errors["constant-neuron 1.0 (entry point 'constant_neuron')"]

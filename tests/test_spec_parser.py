@@ -13,6 +13,7 @@ from sewforge.registry import BLOCKS
 from sewforge.spec import (BatchNorm, Block, Call, Conv, Dropout, GlobalPool, Linear, Neuron, Pool, Repeat,
                            SpecError, infer, parse, to_spec)
 from sewforge.spec.graph import _count
+from sewforge.spec.parser import MAX_DEPTH
 
 # Every network string printed in the paper (Tables 4-6, section 4, Appendix A.3/A.5), as printed,
 # with the line breaks and the U+FFFE pdftotext leaves where a '-' broke a line.
@@ -407,3 +408,23 @@ def test_garbage_raises_only_spec_error(text):
 def test_non_string_spec_is_a_spec_error():
     with pytest.raises(SpecError, match="must be a string"):
         parse(42)  # type: ignore[arg-type]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 300), st.sampled_from(["{", "<"]), st.sampled_from(["BN", "PLIF", "SEW(c2)", "Zz" * 300]),
+       st.booleans())
+def test_deep_or_long_specs_raise_only_short_spec_errors(depth, opener, inner, closed):
+    close = {"{": "}*1", "<": ">*1"}[opener]
+    text = "c2k3s1-" + opener * depth + inner + (close * depth if closed else "")
+    try:
+        spec = parse(text)
+    except SpecError as err:
+        assert len(str(err)) < 1200  # the mistake is shown, the 600-character word is not echoed whole
+        if depth > MAX_DEPTH:
+            assert f"nested more than {MAX_DEPTH} deep" in err.msg and err.pos == 7 + MAX_DEPTH
+        return
+    assert depth <= MAX_DEPTH and (closed or depth == 0) and not inner.startswith("Zz")
+    node, levels = spec.nodes[-1], 0
+    while isinstance(node, Repeat):
+        node, levels = node.body[0], levels + 1
+    assert levels == depth

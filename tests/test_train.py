@@ -39,7 +39,7 @@ class Bars(torch.utils.data.Dataset):
     input_shape = (2, 8, 8)
     classes = ("left", "right", "still")
 
-    def __init__(self, root=None, split="train", T=4, *, samples=48, nan_sample=None):
+    def __init__(self, root=None, split="train", T=4, *, samples=48, nan_sample=None, interrupt_after=None):
         g = torch.Generator().manual_seed(0 if split == "train" else 1)
         n = samples if split == "train" else samples // 2
         self.y = torch.arange(n) % 3
@@ -49,11 +49,16 @@ class Bars(torch.utils.data.Dataset):
             for t in range(T):
                 self.x[i, t, 0, :, (start + (-t, t, 0)[int(self.y[i])]) % 8] += 2.0
         self.nan_sample = nan_sample
+        self.interrupt_after = interrupt_after if split == "train" else None  # Ctrl-C after that many reads
+        self.reads = 0
 
     def __len__(self):
         return len(self.y)
 
     def __getitem__(self, i):
+        self.reads += 1
+        if self.interrupt_after is not None and self.reads > self.interrupt_after:
+            raise KeyboardInterrupt
         x = self.x[i]
         if self.nan_sample is not None and i == self.nan_sample:
             x = x * float("nan")
@@ -64,9 +69,10 @@ class TinyNet(torch.nn.Module):
     """conv-BN-PLIF-FC whose logits turn NaN with a NaN input, as a diverging network's would
     (a spiking neuron alone swallows NaN: NaN >= threshold is false)."""
 
-    def __init__(self, num_classes=3, T=4, input_shape=(2, 8, 8), **_):
+    def __init__(self, num_classes=3, T=4, input_shape=(2, 8, 8), poison=None, poison_after=0, **_):
         import sewforge
 
+        self.poison, self.poison_after, self.calls = poison, poison_after, 0  # a diverging run, on demand
         super().__init__()
         self.T, self.num_classes, self.input_shape = T, num_classes, tuple(input_shape)
         self.conv = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4))
@@ -75,8 +81,14 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         steps, batch = x.shape[:2]
+        self.calls += int(self.training)
+        poisoned = self.training and self.calls > self.poison_after
+        if poisoned and self.poison == "running_var":
+            with torch.no_grad():
+                self.conv[1].running_var[2] = float("inf")  # the loss stays finite
         s = self.sn(self.conv(x.flatten(0, 1)).unflatten(0, (steps, batch)))
-        return self.fc(s.flatten(2)).mean(0) + 0.0 * x.sum()
+        out = self.fc(s.flatten(2)).mean(0) + 0.0 * x.sum()
+        return out * float("inf") if poisoned and self.poison == "loss" else out
 
 
 @pytest.fixture(autouse=True)
@@ -366,14 +378,95 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([str(recipe), "--no-progress"]) == 0
     good = digest(run / "last.pt")
-    # from epoch 2 on, one training sample is NaN
-    code = main([str(recipe), "--resume", "epochs=3", f"data.kwargs.nan_sample=5", "--no-progress"])
+    # from epoch 2 on, the logits overflow on the second step (the inputs are finite)
+    code = main([str(recipe), "--resume", "epochs=3", "model.kwargs.poison=loss", "model.kwargs.poison_after=1",
+                 "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1
-    assert "training loss is nan at epoch 2, step " in err
-    assert "checkpoints of epoch 1" in err and "are kept" in err
+    assert code == 2
+    assert "training loss is nan at epoch 2, step 2/" in err
+    assert "checkpoints of epoch 1" in err and "are kept" in err and len(err.strip().splitlines()) == 1
     assert digest(run / "last.pt") == good
     assert len(rows(run)) == 1
+
+
+@pytest.mark.parametrize("model", [MODEL, SPEC.replace("FC4", "FC3")])
+def test_a_nan_sample_stops_the_run_naming_it_even_when_the_loss_stays_finite(tmp_path, capsys, model):
+    # with the spec network, the NaN sample becomes "no spike": the loss stays finite while the
+    # batch-norm statistics and weights would turn NaN
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": model}, data={"name": DATASET, "T": 4})
+    run = tmp_path / "run"
+    assert main([str(recipe), "--no-progress"]) == 0
+    good, best = digest(run / "last.pt"), digest(run / "best.pt")
+    code = main([str(recipe), "--resume", "epochs=2", "data.kwargs.nan_sample=37", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"training sample 37 of data {DATASET!r} (split 'train') holds NaN" in err and "epoch 2, step" in err
+    assert digest(run / "last.pt") == good and digest(run / "best.pt") == best and len(rows(run)) == 1
+    state = load_checkpoint(run / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_a_non_finite_batch_norm_statistic_is_never_saved(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": MODEL}, data={"name": DATASET, "T": 4})
+    run = tmp_path / "run"
+    assert main([str(recipe), "--no-progress"]) == 0
+    good = digest(run / "last.pt")
+    code = main([str(recipe), "--resume", "epochs=2", "model.kwargs.poison=running_var", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "model tensor 'conv.1.running_var' holds NaN or infinite values after epoch 2" in err
+    assert digest(run / "last.pt") == good and len(rows(run)) == 1
+
+
+def test_a_run_folder_in_use_is_refused_naming_its_holder(tmp_path, capsys):
+    import fcntl
+
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = open(run / ".lock", "w")  # another training holds the folder (an OS lock, as sewforge takes it)
+    fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write("pid 4242 on host gpu7, started 2026-11-30 10:00:00\n")
+    holder.flush()
+    assert main([str(recipe), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is in use by another training (pid 4242 on host gpu7, started 2026-11-30 10:00:00)" in err
+    assert len(err.strip().splitlines()) == 1 and not (run / "args.yaml").exists()
+    holder.close()  # the holder ends: the folder is free again
+    assert main([str(recipe), "--no-progress"]) == 0
+    # while training, the lock file names this process; a second lock attempt fails
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in (run / ".lock").read_text()
+
+
+def test_a_killed_training_does_not_leave_its_folder_locked(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    code = ("import fcntl, os, sys; f = open(sys.argv[1], 'w'); fcntl.flock(f.fileno(), fcntl.LOCK_EX); "
+            "print('locked', flush=True); os.kill(os.getpid(), 9)")
+    proc = subprocess.run([sys.executable, "-c", code, str(run / ".lock")], capture_output=True, text=True)
+    assert proc.stdout.strip() == "locked" and proc.returncode == -9
+    assert main([str(tiny_recipe(tmp_path, epochs=1)), "--no-progress"]) == 0
+
+
+def test_ctrl_c_says_how_to_go_on_and_both_ways_work(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, epochs=2, model={"name": MODEL}, data={"name": DATASET, "T": 4})
+    run = tmp_path / "run"
+    # stopped during the first epoch: no checkpoint; a plain rerun starts over
+    assert main([str(recipe), "data.kwargs.interrupt_after=10", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().startswith("interrupted before the first epoch ended") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and not (run / "last.pt").exists()
+    assert main([str(recipe), "epochs=1", "--no-progress"]) == 0
+    assert "starting it over" in capsys.readouterr().out and len(rows(run)) == 1
+    # stopped during epoch 2: --resume continues, --overwrite starts over
+    assert main([str(recipe), "--resume", "data.kwargs.interrupt_after=10", "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "keeps the checkpoint of epoch 1" in err and "--resume" in err and "--overwrite" in err
+    assert len(err.splitlines()) == 1 and len(rows(run)) == 1
+    assert main([str(recipe), "--resume", "--no-progress"]) == 0
+    assert [r["epoch"] for r in rows(run)] == ["1", "2"]
+    assert main([str(recipe), "--overwrite", "epochs=1", "--no-progress"]) == 0
+    assert [r["epoch"] for r in rows(run)] == ["1"]
 
 
 def test_eval_only_reproduces_the_best_test_accuracy(tmp_path, capsys):

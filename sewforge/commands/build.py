@@ -48,6 +48,8 @@ def _error(msg: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..models import create_model, is_model_name
     from ..registry import MODELS
     from ..spec import SpecError, SpecNet
@@ -65,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
             parse(name)  # report a bad spec (or a misspelt model name) before the missing --input
             return _error("--input CxHxW is required to build a spec (e.g. --input 2x128x128); "
                           f"zoo models have defaults: {', '.join(MODELS.names())}")
-        model = create_model(name, input_shape=input_shape, **overrides)
+        # the table needs shapes and counts only: the parameters are never allocated, so a mistyped
+        # channel count costs nothing
+        with torch.device("meta"):
+            model = create_model(name, input_shape=input_shape, **overrides)
     except (SpecError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         return _error(msg)

@@ -74,11 +74,20 @@ def create_dataset(name: str, *, root: Optional[str] = None, split: str = "train
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     _check_kwargs(entry_name, factory, kwargs)
     try:
-        return factory(root=root, split=split, T=T, **kwargs)
+        dataset = factory(root=root, split=split, T=T, **kwargs)
     except ValueError as exc:
         if type(exc) is ValueError and not str(exc).startswith("dataset "):
             raise ValueError(f"dataset {entry_name!r}: {exc}") from None
         raise
+    try:
+        size = len(dataset)
+    except TypeError:  # a stream without a length
+        return dataset
+    if size == 0:  # training on it would report 0.00% accuracy, or fail on the first batch
+        where = f" in {root}" if root is not None else ""
+        raise ValueError(f"dataset {entry_name!r}: the {split} split{where} has no samples; check the folder "
+                         "layout the data set expects and its split options")
+    return dataset
 
 
 def _check_kwargs(name: str, factory: Any, kwargs: dict) -> None:

@@ -118,10 +118,14 @@ def read_aedat2_raw(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     """``(address, timestamp)`` uint32 arrays of a jAER AEDAT 2.0 file (big-endian pairs)."""
     data = _read_bytes(path)
     name = os.fspath(path)
+    if not data:
+        raise DatasetFormatError(f"{name}: empty file (0 bytes), expected an AEDAT 2.0 recording starting with "
+                                 "'#!AER-DAT2.0' (the download or extraction was cut short; get the file again)")
     pos, first = _skip_header(data, path, stop_at_end_marker=False)
-    if first.startswith(b"#!AER-DAT") and not first.startswith(b"#!AER-DAT2"):
-        raise DatasetFormatError(f"{name}: expected an AEDAT 2.0 file, the header says "
-                                 f"{first[:40].decode('latin-1')!r}")
+    if not first.startswith(b"#!AER-DAT2"):
+        found = first[:40].decode("latin-1") if first else data[:16].hex(" ")
+        raise DatasetFormatError(f"{name}: not an AEDAT 2.0 file: expected a first line '#!AER-DAT2.0', "
+                                 f"found {found!r}")
     body = len(data) - pos
     if body % 8:
         raise DatasetFormatError(f"{name}: truncated or corrupt file: {body} bytes of events after the "

@@ -2,9 +2,19 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Iterable, List, Optional, Sequence
 
-__all__ = ["SpecError", "close_matches"]
+__all__ = ["SpecError", "close_matches", "shorten", "ECHO_LIMIT"]
+
+#: the most characters of one word, and of the spec's line, an error message repeats
+ECHO_LIMIT = 40
+_LONG_WORD = re.compile(r"([^\s'\"]{%d})[^\s'\"]{4,}" % ECHO_LIMIT)
+
+
+def shorten(text: str) -> str:
+    """``text`` with every word longer than :data:`ECHO_LIMIT` cut to its start and '...'."""
+    return _LONG_WORD.sub(r"\1...", text)
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> List[str]:
@@ -12,6 +22,8 @@ def close_matches(word: str, candidates: Iterable[str], n: int = 3, cutoff: floa
     by_lower = {}
     for c in candidates:
         by_lower.setdefault(c.lower(), c)
+    if len(word) > 4 * ECHO_LIMIT:  # nothing registered is that long
+        return []
     found = difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=cutoff)
     return [by_lower[f] for f in found]
 
@@ -44,13 +56,13 @@ class SpecError(ValueError):
         return (_rebuild, (self.msg, self.spec, self.pos, self.end, tuple(self.suggestions), self.hint))
 
     def _render(self) -> str:
-        text = self.msg
+        text = shorten(self.msg)
         if self.spec is not None and self.pos is not None:
             text += f" (line {self.lineno} column {self.colno}, char {self.pos})"
         if self.suggestions:
             text += "; did you mean " + ", ".join(repr(s) for s in self.suggestions) + "?"
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {shorten(self.hint)}"
         if self.spec is not None and self.pos is not None:
             line_start = self.spec.rfind("\n", 0, self.pos) + 1
             line_end = self.spec.find("\n", self.pos)
@@ -59,6 +71,12 @@ class SpecError(ValueError):
             line = self.spec[line_start:line_end]
             start = self.pos - line_start
             stop = max(start + 1, min(self.end if self.end is not None else self.pos + 1, line_end) - line_start)
+            if len(line) > 3 * ECHO_LIMIT:  # a window around the mistake, not the whole line
+                lo = max(0, start - ECHO_LIMIT)
+                hi = min(len(line), start + 2 * ECHO_LIMIT)
+                head, tail = ("..." if lo else ""), ("..." if hi < len(line) else "")
+                line = head + line[lo:hi] + tail
+                start, stop = start - lo + len(head), min(stop, hi) - lo + len(head)
             pad = "".join("\t" if c == "\t" else " " for c in line[:start])  # keep tabs aligned
             text += f"\n    {line}\n    {pad}{'^' * (stop - start)}"
         return text

@@ -28,7 +28,7 @@ from .errors import SpecError, close_matches
 from .nodes import (DEFAULT_BLOCK_KERNEL, DEFAULT_DROPOUT, BatchNorm, Block, Call, Conv, Dropout, GlobalPool,
                     Linear, Neuron, Node, Pool, Repeat, Spec)
 
-__all__ = ["parse", "tokenize", "Token", "BLOCK_ALIASES", "LAYER_WORDS", "MAX_REPEAT"]
+__all__ = ["parse", "tokenize", "Token", "BLOCK_ALIASES", "LAYER_WORDS", "MAX_REPEAT", "MAX_DEPTH"]
 
 #: other spellings of the registered blocks (lower case, spaces and a trailing "block" removed)
 BLOCK_ALIASES: Dict[str, str] = {
@@ -41,6 +41,8 @@ BLOCK_ALIASES: Dict[str, str] = {
 LAYER_WORDS = ("BN", "FC", "DP", "MP", "AP", "GAP")
 #: a repetition count above this is certainly a typo (ResNet-152 has 50 blocks)
 MAX_REPEAT = 10_000
+#: groups nested deeper than this are certainly a mistake (and would exhaust Python's stack)
+MAX_DEPTH = 64
 
 _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u00ad\ufffe"
 _SINGLE = {"(": "LPAREN", ")": "RPAREN", "{": "LBRACE", "}": "RBRACE", "<": "LANGLE", ">": "RANGLE",
@@ -147,6 +149,7 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        self.depth = 0
 
     # -- helpers ---------------------------------------------------------------------------
     def peek(self) -> Token:
@@ -213,7 +216,12 @@ class _Parser:
     def group(self) -> Repeat:
         opener = self.next()
         closer_kind, closer_text = _OPENERS[opener.kind]
+        if self.depth >= MAX_DEPTH:
+            raise self.error(f"groups are nested more than {MAX_DEPTH} deep here; a network needs a few levels "
+                             "at most (is a '}' or '>' missing?)", opener)
+        self.depth += 1
         body = self.seq(opener)
+        self.depth -= 1
         tok = self.peek()
         if tok.kind == "EOF":
             raise self.error(f"{opener.text!r} is never closed: add {closer_text!r}", opener)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .cli import main
-from .engine import NonFiniteLossError, RunFolderError, TrainResult, evaluate_checkpoint, train
+from .engine import NonFiniteError, NonFiniteLossError, RunFolderError, TrainResult, evaluate_checkpoint, train
 from .recipe import (DataConfig, ModelConfig, OptimizerConfig, Recipe, RecipeError, SchedulerConfig, dump_recipe,
                      load_recipe, recipe_from_dict, recipe_to_dict)
 
-__all__ = ["main", "train", "evaluate_checkpoint", "TrainResult", "NonFiniteLossError", "RunFolderError",
+__all__ = ["main", "train", "evaluate_checkpoint", "TrainResult", "NonFiniteError", "NonFiniteLossError", "RunFolderError",
            "Recipe", "ModelConfig", "DataConfig", "OptimizerConfig", "SchedulerConfig", "RecipeError",
            "load_recipe", "recipe_from_dict", "recipe_to_dict", "dump_recipe", "load_checkpoint",
            "CheckpointError"]

@@ -17,7 +17,7 @@ import torch
 
 from ..fileio import atomic_file
 
-__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
+__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "require_resumable", "capture_rng", "restore_rng"]
 
 FORMAT = "sewforge-train-checkpoint"
 VERSION = 1
@@ -48,10 +48,37 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a sewforge training checkpoint "
                               f"(expected format {FORMAT!r})")
-    if state.get("version", 0) > VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} has version {state.get('version')}, newer than this "
+    version = state.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"checkpoint {str(path)!r} has version {version!r}, expected a whole number; "
+                              "the file is damaged or not a sewforge checkpoint")
+    if version > VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has version {version}, newer than this "
                               f"sewforge understands ({VERSION}); upgrade sewforge")
+    problems = [f"{key!r} {what}" for key, kinds, what in _REQUIRED
+                if key in state and not isinstance(state[key], kinds)]
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in weights.items()):
+        problems.insert(0, "'model' is missing or is not a mapping of names to tensors")
+    if problems:
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {'; '.join(problems)}; use another "
+                              "checkpoint of the run (best.pt / last.pt) or start a new run")
     return state
+
+
+def require_resumable(state: Dict[str, Any], path: Union[str, Path]) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` holds what continuing a run needs."""
+    missing = [k for k in ("epoch", "optimizer", "best_test_acc", "best_epoch", "history") if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(repr(k) for k in missing)}, so the run "
+                              "cannot continue from it; evaluate it with --eval-only, or start a new run")
+
+
+#: keys that, when present, must have these types (what training and evaluation read)
+_REQUIRED = (("epoch", int, "is not a whole number"), ("optimizer", dict, "is not a mapping"),
+             ("best_test_acc", (int, float), "is not a number"), ("best_epoch", int, "is not a whole number"),
+             ("history", list, "is not a list"), ("recipe", dict, "is not a mapping"))
 
 
 # ---------------------------------------------------------------------------------------------

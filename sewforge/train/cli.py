@@ -106,9 +106,27 @@ def _resolve(args: argparse.Namespace) -> Recipe:
     return recipe
 
 
-def run(args: argparse.Namespace) -> int:
-    from .engine import NonFiniteLossError, RunFolderError, evaluate_checkpoint, train
+def _interrupted(recipe: Optional[Recipe], args: argparse.Namespace) -> str:
+    """One line for Ctrl-C: how to continue the run, or to start it over."""
+    if recipe is None or args.eval_only or args.print_recipe:
+        return "interrupted"
+    from .runlog import finished_epochs
 
+    folder = Path(recipe.output)
+    prog = getattr(args, "train_prog", None) or "python -m sewforge.train"
+    again = " ".join([prog] + list(getattr(args, "items", None) or []))
+    if (folder / "last.pt").exists():
+        done = finished_epochs(folder)
+        return (f"interrupted: {str(folder)!r} keeps the checkpoint of epoch {done}; continue with "
+                f"'{again} --resume' or start over with '{again} --overwrite'")
+    return (f"interrupted before the first epoch ended (no checkpoint in {str(folder)!r}); rerun '{again}' "
+            "to start over")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .engine import NonFiniteError, RunFolderError, evaluate_checkpoint, train
+
+    recipe: Optional[Recipe] = None
     try:
         args = _parse_items(args)
         recipe = _resolve(args)
@@ -123,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"done: best test accuracy {result.best_test_acc:.2f}% at epoch {result.best_epoch}; "
                       f"run folder {result.output}")
         return 0
-    except (RecipeError, CheckpointError, RunFolderError) as exc:
+    except (RecipeError, CheckpointError, RunFolderError, NonFiniteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"\n{_interrupted(recipe, args)}", file=sys.stderr)
+        return 130
     except (ValueError, KeyError, OSError) as exc:
         # data or model set-up problems (missing files, unknown names, bad shapes, folders that cannot
         # be written) explain themselves

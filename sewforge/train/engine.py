@@ -23,18 +23,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (CheckpointError, capture_rng, load_checkpoint, require_resumable, restore_rng,
+                         save_checkpoint)
 from .distributed import (DistContext, all_gather_objects, all_reduce_sum, average_bn_buffers, main_process_first,
                           setup, teardown)
 from .recipe import Recipe, dump_recipe, recipe_to_dict
-from .runlog import Progress, RunLog
+from .runlog import Progress, RunFolderBusy, RunFolderLock, RunLog, finished_epochs
 
-__all__ = ["TrainResult", "NonFiniteLossError", "RunFolderError", "train", "evaluate_checkpoint", "build_model",
+__all__ = ["TrainResult", "NonFiniteError", "NonFiniteLossError", "RunFolderError", "train", "evaluate_checkpoint", "build_model",
            "build_datasets", "FiringRateMeter", "temporal_delete", "time_major", "compile_model", "compiler_problem"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+class NonFiniteError(RuntimeError):
+    """A training sample, the loss, a parameter or a batch-norm statistic is NaN or infinite; the run
+    stopped before writing it and kept its last good checkpoint."""
+
+
+class NonFiniteLossError(NonFiniteError):
+    """The training loss became NaN or infinite (with finite inputs)."""
 
 
 class RunFolderError(RuntimeError):
@@ -288,19 +294,31 @@ def _train_epoch(ctx: DistContext, model: nn.Module, loader: DataLoader, optimiz
     for step, (x, y) in enumerate(loader, 1):
         x = time_major(x.to(dev, non_blocking=True))
         y = y.to(dev, non_blocking=True)
+        # a NaN input does not show in the loss (a neuron turns it into "no spike") but poisons the
+        # batch-norm statistics and the gradients: the inputs are checked with the loss, in one sync
+        inputs_finite = torch.isfinite(x).all()
+        full = x
         if recipe.T_train is not None:
             x = temporal_delete(x, recipe.T_train)
         with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=recipe.amp):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         value = loss.detach()
-        finite = torch.isfinite(value)
+        finite = torch.isfinite(value) & inputs_finite
         if ctx.distributed:  # every rank must stop together, or the others would wait forever
             flag = finite.to(torch.float32)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
             finite = flag > 0
         if not bool(finite):
-            raise NonFiniteLossError(f"training loss is {float(value)} at epoch {epoch + 1}, step {step}/{total}")
+            where = f"epoch {epoch + 1}, step {step}/{total}"
+            if not bool(inputs_finite):
+                index = _dataset_index(loader, step, _first_bad_sample(full))
+                raise NonFiniteError(f"training sample {index} of data {recipe.data.name!r} (split "
+                                     f"{recipe.data.train_split!r}) holds NaN or infinite values ({where}); "
+                                     "fix or remove that sample")
+            if not bool(torch.isfinite(value)):
+                raise NonFiniteLossError(f"training loss is {float(value)} at {where}")
+            raise NonFiniteError(f"another process met a NaN or infinite sample or loss at {where}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if recipe.clip_grad is not None:
@@ -317,6 +335,35 @@ def _train_epoch(ctx: DistContext, model: nn.Module, loader: DataLoader, optimiz
     total_loss, total_correct, total_count = all_reduce_sum(ctx, [float(loss_sum), float(correct), float(count)])
     total_count = max(total_count, 1.0)
     return _EpochStats(total_loss / total_count, 100.0 * total_correct / total_count)
+
+
+def _first_bad_sample(x: torch.Tensor) -> int:
+    """Position in the batch of the first sample of ``x`` (time-major events or images) that holds a
+    NaN or infinite value."""
+    batch_major = x.transpose(0, 1) if x.dim() == 5 else x
+    ok = torch.isfinite(batch_major).reshape(batch_major.shape[0], -1).all(1)
+    return int((~ok).nonzero()[0, 0])
+
+
+def _dataset_index(loader: DataLoader, step: int, position: int) -> int:
+    """The data set index of sample ``position`` of batch ``step`` (1-based): the sampler's order
+    for this epoch is a function of (seed, epoch), so it is drawn again."""
+    order = list(iter(loader.sampler)) if loader.sampler is not None else []
+    k = (step - 1) * int(loader.batch_size or 1) + position
+    return int(order[k]) if k < len(order) else k
+
+
+def first_non_finite(model: nn.Module) -> Optional[str]:
+    """Name of the first parameter or floating-point buffer (batch-norm statistics) of ``model``
+    that holds a NaN or infinite value, or None; one device sync when all are finite."""
+    tensors = [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+               if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return None
+    flags = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
+    if bool(flags.all()):
+        return None
+    return tensors[int((~flags).nonzero()[0, 0])][0]
 
 
 @torch.no_grad()
@@ -402,6 +449,24 @@ def _recipe_diff(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def _lock(lock: Optional[RunFolderLock], output: Path) -> None:
+    """Own the run folder (rank 0 only), or raise :class:`RunFolderError` naming its holder."""
+    if lock is None or lock.held:
+        return
+    try:
+        lock.acquire()
+    except RunFolderBusy as exc:
+        raise RunFolderError(str(exc)) from None
+    except OSError as exc:
+        raise RunFolderError(f"output={str(output)!r}: the run folder or its lock file cannot be created "
+                             f"({exc.strerror or exc}); choose a writable folder with output=...") from None
+
+
+def _kept(history: List[Dict[str, float]], output: Path) -> str:
+    return (f"the checkpoints of epoch {history[-1]['epoch']} in {str(output)!r} are kept" if history
+            else "no checkpoint was written")
+
+
 def _resume_path(resume: Union[bool, str, Path], output: Path) -> Path:
     if resume is True:
         return output / "last.pt"
@@ -423,27 +488,37 @@ def train(recipe: Recipe, *, resume: Union[None, bool, str, Path] = None, overwr
     """
     log = log or (lambda msg: print(msg, flush=True))
     ctx = setup(recipe.device)
+    lock = RunFolderLock(Path(recipe.output)) if ctx.is_main else None
     try:
-        return _train(recipe, ctx, resume, overwrite, progress, log)
+        return _train(recipe, ctx, resume, overwrite, progress, log, lock)
     finally:
+        if lock is not None:
+            lock.release()
         teardown(ctx)
 
 
-def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progress: bool, log: Any) -> TrainResult:
+def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progress: bool, log: Any,
+           lock: Optional[RunFolderLock]) -> TrainResult:
     say = log if ctx.is_main else (lambda msg: None)
     output = Path(recipe.output)
     _configure_torch(recipe, ctx.device)
 
     error: Optional[BaseException] = None
     ckpt: Optional[Dict[str, Any]] = None
+    restart = False  # the folder holds a run stopped before its first epoch ended: start it over
     try:
+        if output.is_dir():  # a new folder is locked when it is created, after all is checked
+            _lock(lock, output)
         if resume:
             ckpt_path = _resume_path(resume, output)
             if resume is True and not ckpt_path.exists():
                 raise CheckpointError(f"nothing to resume: {str(ckpt_path)!r} does not exist (no epoch of this run "
                                       "has finished); start the run without --resume")
             ckpt = load_checkpoint(ckpt_path)
-        elif ctx.is_main and any((output / name).exists() for name in ("summary.csv", "last.pt")) and not overwrite:
+            require_resumable(ckpt, ckpt_path)
+        elif ctx.is_main and not overwrite and not (output / "last.pt").exists() and finished_epochs(output) == 0:
+            restart = (output / "args.yaml").exists()
+        elif ctx.is_main and not overwrite:
             raise RunFolderError(
                 f"output folder {str(output)!r} already holds a run (summary.csv / last.pt); continue it with "
                 f"--resume, start over with --overwrite, or choose another folder with output=...")
@@ -523,7 +598,15 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
                          f"process, fewer than batch_size={recipe.batch_size} with drop_last=true")
     meter = FiringRateMeter(raw_model)
 
-    if ctx.is_main and overwrite and ckpt is None:
+    error = None
+    try:
+        _lock(lock, output)
+    except RunFolderError as exc:
+        error = exc
+    _agree(ctx, error)
+    if ctx.is_main and (overwrite or restart) and ckpt is None:
+        if restart:
+            say(f"output folder {str(output)!r} holds a run stopped before its first epoch ended: starting it over")
         RunLog.remove_previous(output)
     runlog = RunLog(output, enabled=ctx.is_main, start_epoch=start_epoch)
     if ctx.is_main:
@@ -553,13 +636,16 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
             train_sampler.set_epoch(epoch)
             try:
                 tr = _train_epoch(ctx, model, train_loader, optimizer, scaler, recipe, epoch, progress)
-            except NonFiniteLossError as exc:
-                kept = (f"the checkpoints of epoch {history[-1]['epoch']} in {str(output)!r} are kept"
-                        if history else "no checkpoint was written")
-                raise NonFiniteLossError(f"{exc}: stopped; {kept}. Try a lower optimizer.lr, clip_grad, "
-                                         "or amp: false") from None
+            except NonFiniteError as exc:
+                hint = (" Try a lower optimizer.lr, clip_grad, or amp: false" if isinstance(exc, NonFiniteLossError)
+                        else "")
+                raise type(exc)(f"{exc}: stopped; {_kept(history, output)}.{hint}") from None
             if not recipe.sync_bn:
                 average_bn_buffers(ctx, raw_model)
+            bad = first_non_finite(raw_model)  # never save, nor test, a model holding NaN
+            if bad is not None:
+                raise NonFiniteError(f"model tensor {bad!r} holds NaN or infinite values after epoch {epoch + 1}: "
+                                     f"stopped; {_kept(history, output)}. Try a lower optimizer.lr or clip_grad")
             te = _evaluate(ctx, raw_model, test_loader, recipe, meter, progress)
             improved = best_epoch == 0 or te.acc > best_acc
             if improved:

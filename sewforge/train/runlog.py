@@ -8,13 +8,16 @@ Run folder::
     best.pt       checkpoint of the epoch with the best test accuracy
     curves.png    loss, accuracy, learning rate and firing rate against the epoch
     tensorboard/  TensorBoard events (when tensorboard is installed)
+    .lock         held (an OS lock) by the training writing the folder: its pid, host and start time
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 from ..fileio import atomic_write_bytes, atomic_write_text
 
-__all__ = ["SUMMARY_COLUMNS", "RUN_FILES", "RunLog", "Progress", "read_summary"]
+__all__ = ["SUMMARY_COLUMNS", "RUN_FILES", "LOCK_NAME", "RunLog", "RunFolderLock", "RunFolderBusy", "Progress",
+           "read_summary", "finished_epochs"]
+
+#: The lock file of a run folder: held (``flock``) by the training that writes the folder.
+LOCK_NAME = ".lock"
 
 SUMMARY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc5", "best_test_acc", "lr",
                    "seconds", "firing_rate")
@@ -49,6 +56,68 @@ def _csv_text(rows: Sequence[Dict[str, Any]], header: bool) -> str:
     for row in rows:
         writer.writerow([_fmt(row[c]) for c in SUMMARY_COLUMNS])
     return buf.getvalue()
+
+
+def finished_epochs(folder: Path) -> int:
+    """Rows in ``folder/summary.csv`` (0 when it is missing or holds only its header)."""
+    try:
+        with open(Path(folder) / "summary.csv", newline="", encoding="utf-8") as fh:
+            return max(sum(1 for line in fh if line.strip()) - 1, 0)
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return 0
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is training into the run folder."""
+
+
+class RunFolderLock:
+    """An OS lock (``fcntl.flock``) on ``<folder>/.lock``: one training writes a run folder at a time.
+
+    The lock belongs to the open file, so the operating system drops it when the holder exits,
+    however it exits (a crash, ``kill -9``); the file keeps the holder's pid, host and start time,
+    which the next process quotes when the lock is taken.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_NAME
+        self._fh: Optional[Any] = None
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def acquire(self) -> "RunFolderLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = " ".join(fh.read(300).split()) or "an unknown process"
+            fh.close()
+            raise RunFolderBusy(f"output folder {str(self.path.parent)!r} is in use by another training ({holder}); "
+                                "wait for it to end, or choose another folder with output=...") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()}, started "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the flock
+            self._fh = None
+
+    def __enter__(self) -> "RunFolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 class RunLog:
