@@ -191,3 +191,28 @@ def test_kept_state_mismatch_names_shape_or_device():
         n(torch.randn(2, 3, device="meta"))
     n.reset()
     assert n(torch.randn(2, 4)).shape == (2, 4)
+
+
+def test_a_python_list_is_named_as_the_wrong_input_type():
+    with pytest.raises(TypeError, match=r"PLIFNode: the input must be a torch.Tensor \[T, \.\.\.\], got list"):
+        sewforge.create_neuron("PLIF")([[0.5, 1.5]])
+
+
+def test_learnable_parameters_on_another_device_are_named(monkeypatch):
+    plif = sewforge.create_neuron("PLIF").to("meta")
+    with pytest.raises(ValueError, match=r"PLIFNode: its learnable parameters are on meta but the input is on cpu"):
+        plif(torch.randn(3, 4))
+    lif = sewforge.create_neuron("LIF").to("meta")  # nothing learnable: the constant follows the input
+    lif._k = torch.tensor([0.5])
+    assert lif(torch.randn(3, 4)).shape == (3, 4)
+
+
+def test_a_neuron_plugin_with_a_wrong_forward_signature_is_named_when_built():
+    from sewforge.blocks import SEWBlock
+
+    class TwoInputs(torch.nn.Module):
+        def forward(self, x, y):
+            return x + y
+
+    with pytest.raises(TypeError, match=r"SEWBlock: neuron TwoInputs \(from test_neurons\) has forward\(x, y\)"):
+        SEWBlock(4, 4, neuron=TwoInputs)

@@ -17,7 +17,7 @@ from torch import nn
 from ..elementwise import ElementwiseFunction, create_elementwise
 from ..layers import seq_fold
 from ..memory import combined_bound, mark_spikes, spike_kind
-from ..neurons import BaseNeuron, create_neuron
+from ..neurons import BaseNeuron, check_neuron_module, create_neuron
 from ..registry import ELEMENTWISE
 
 __all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "iter_blocks", "unfused", "counts_spikes",
@@ -111,11 +111,7 @@ class ResidualBlock(nn.Module):
 
     # -- construction helpers -------------------------------------------------------------
     def new_neuron(self) -> nn.Module:
-        sn = self._neuron_factory()
-        if not isinstance(sn, nn.Module):
-            raise TypeError(f"{type(self).__name__}: the neuron factory returned {type(sn).__name__}, "
-                            "expected a neuron nn.Module")
-        return sn
+        return check_neuron_module(self._neuron_factory(), type(self).__name__)
 
     def conv(self, cin: int, cout: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
         return nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,

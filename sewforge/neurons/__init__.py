@@ -6,7 +6,7 @@ from typing import Any
 from torch import nn
 
 from ..registry import NEURONS
-from .base import BaseNeuron, check_tau
+from .base import BaseNeuron, check_neuron_module, check_tau
 from .charge import IF_CHARGE, LIF_CHARGE, LIF_CHARGE_NO_DECAY_INPUT, ChargeEquation
 from .core import IFNode, LIFNode, PLIFNode
 
@@ -23,6 +23,7 @@ def create_neuron(name: str, **kwargs: Any) -> nn.Module:
     factory = NEURONS.get(name)
     kw = {k: v for k, v in kwargs.items() if v is not None or k == "v_reset"}
     try:
-        return factory(**kw)
+        module = factory(**kw)
     except TypeError as exc:
         raise ValueError(f"neuron {name!r}: invalid arguments {sorted(kw)}: {exc}") from None
+    return check_neuron_module(module, f"neuron {name!r}")

@@ -18,7 +18,7 @@ from ..kernels.charge import ChargeEquation
 from ..memory import combined_bound, mark_spikes
 from ..surrogates import Surrogate, create_surrogate
 
-__all__ = ["BaseNeuron", "check_tau"]
+__all__ = ["BaseNeuron", "check_tau", "check_neuron_module"]
 
 
 def _finite(name: str, value: Any, owner: str) -> float:
@@ -36,6 +36,29 @@ def check_tau(name: str, value: Any, owner: str) -> float:
     if tau <= 1.0:
         raise ValueError(f"{owner}: {name} must be > 1 (the decay 1/{name} must lie in (0, 1)), got {value!r}")
     return tau
+
+
+def check_neuron_module(sn: Any, owner: str) -> nn.Module:
+    """``sn`` if it can serve as a multi-step neuron (an ``nn.Module`` whose forward takes the
+    input ``[T, ...]`` as its one required argument), else a one-line TypeError naming its class
+    and the package it came from."""
+    import inspect
+
+    where = type(sn).__module__.split(".")[0]
+    if not isinstance(sn, nn.Module):
+        raise TypeError(f"{owner}: the neuron factory returned {type(sn).__name__} (from {where}), expected a "
+                        "neuron nn.Module")
+    try:
+        sig = inspect.signature(sn.forward)
+    except (TypeError, ValueError):  # a builtin or C forward: nothing to check
+        return sn
+    try:
+        sig.bind(None)
+    except TypeError:
+        raise TypeError(f"{owner}: neuron {type(sn).__name__} (from {where}) has forward{sig}; a neuron's forward "
+                        "must take the input x [T, ...] as its one required argument (and optionally "
+                        "shortcut=, g= for the fused SEW op)") from None
+    return sn
 
 
 class BaseNeuron(nn.Module):
@@ -122,6 +145,11 @@ class BaseNeuron(nn.Module):
     def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None, g: Any = None) -> torch.Tensor:
         """Spikes for ``x`` of shape ``[T, ...]``; with ``shortcut`` and ``g``, the fused
         ``g(SN(x), shortcut)`` of a SEW block."""
+        owner = type(self).__name__
+        for name, value in (("input", x), ("shortcut", shortcut)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"{owner}: the {name} must be a torch.Tensor [T, ...], got {type(value).__name__}; "
+                                "convert it with torch.as_tensor(...)")
         v0 = self.v if self.stateful else None
         if v0 is not None and v0.shape != x.shape[1:]:
             raise ValueError(f"{type(self).__name__}: kept state has shape {tuple(v0.shape)} but this input has "
@@ -131,6 +159,9 @@ class BaseNeuron(nn.Module):
                              f"{x.device}; call reset() after moving the neuron or its input")
         params = self.charge_params()
         if params.device != x.device:
+            if params.requires_grad:  # a learnable parameter stays where the optimizer holds it
+                raise ValueError(f"{owner}: its learnable parameters are on {params.device} but the input is on "
+                                 f"{x.device}; move the neuron with .to({str(x.device)!r}) (or the input)")
             params = params.to(x.device)
         out, v_last, count = multistep_neuron(
             x, self.charge_equation(), params, self.surrogate, self.v_threshold, self.v_reset,
