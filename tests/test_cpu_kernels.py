@@ -213,3 +213,26 @@ def test_threads_split_the_work_identically():
     (o1, g1, w1), (o2, g2, w2) = results
     assert torch.equal(o1, o2) and torch.equal(g1, g2)
     assert torch.allclose(w1, w2, rtol=1e-6)
+
+
+def test_a_forked_child_runs_the_threaded_kernel():
+    """The worker threads of the parent do not exist in a forked child; it must not wait for them."""
+    import multiprocessing
+
+    x = torch.randn(3, 3 * (1 << 16)) * 1.5
+    lif = sewforge.create_neuron("LIF", backend="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expect = lif(x)  # starts the parent's pool
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_spikes_in_child, (x,)).get(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, expect)
+
+
+def _spikes_in_child(x):
+    torch.set_num_threads(2)
+    return sewforge.create_neuron("LIF", backend="cpu")(x)

@@ -376,11 +376,12 @@ def cpu_impl(spec: KernelSpec, dtype: torch.dtype) -> str:
 # ---- threading -------------------------------------------------------------------------------
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_SIZE = 0
+_POOL_PID = 0  # a forked child has the pool object but not its threads: it makes its own
 
 
 def _run_chunks(fn, n: int, threads: int, make_args) -> List[float]:
     """Call ``fn(*make_args(start, stop, slot))`` over ``[0, n)`` split among ``threads``."""
-    global _POOL, _POOL_SIZE
+    global _POOL, _POOL_SIZE, _POOL_PID
     # chunks of whole blocks, at least ~64K neurons each: hand-offs cost more than they save below that
     chunks = max(1, min(threads, n // (1 << 16)))
     results = (ctypes.c_double * chunks)()
@@ -390,9 +391,9 @@ def _run_chunks(fn, n: int, threads: int, make_args) -> List[float]:
     per = -(-n // chunks)
     per = -(-per // _BLOCK) * _BLOCK
     bounds = [(i * per, min(n, (i + 1) * per)) for i in range(chunks) if i * per < n]
-    if _POOL is None or _POOL_SIZE < len(bounds):
+    if _POOL is None or _POOL_SIZE < len(bounds) or _POOL_PID != os.getpid():
         _POOL = ThreadPoolExecutor(max_workers=len(bounds), thread_name_prefix="sewforge-cpu")
-        _POOL_SIZE = len(bounds)
+        _POOL_SIZE, _POOL_PID = len(bounds), os.getpid()
     futures = [_POOL.submit(fn, *make_args(a, b, ctypes.byref(results, 8 * i))) for i, (a, b) in enumerate(bounds)]
     for f in futures:
         f.result()
