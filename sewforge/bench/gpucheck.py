@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import subprocess
 import sys
@@ -144,7 +145,10 @@ def section_a(device, quick, budget, tmp: Path) -> Dict[str, Any]:
     env = common.subprocess_env()
     env["SEWFORGE_TEST_DEVICE"] = device.type
     dry = device.type != "cuda"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + (["--collect-only"] if dry else []) + files
+    # Triton compiles every specialisation the tests draw: spread the compilations over the cores
+    workers = [] if dry or importlib.util.find_spec("xdist") is None else ["-n", "8"]
+    cmd = ([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + (["--collect-only"] if dry else [])
+           + workers + files)
     res["command"] = ("SEWFORGE_TEST_DEVICE=%s " % device.type) + " ".join(["python"] + cmd[1:])
     t0 = time.perf_counter()
     if not files:
