@@ -99,14 +99,21 @@ def compare_to_reference(
                              f"(dtypes {o_k.dtype} / {o_ref.dtype})")
     _close("dL/dX", gx_k, gx_ref, x.dtype, case)
     if gp_ref is not None:
-        # a sum over every element and step: compare relative to its magnitude
+        # sums over every element and step: compare relative to their magnitude
         scale = max(1.0, gx_ref.double().abs().sum().item())
         rtol, atol = TOLERANCES[x.dtype]
-        if abs(gp_k.double()[0].item() - gp_ref.double()[0].item()) > atol * scale + rtol * abs(gp_ref[0].item()):
-            raise AssertionError(f"{case}: parameter gradient {gp_k[0].item():.8g} differs from the "
-                                 f"reference {gp_ref[0].item():.8g}")
+        for i in charge.learnable:
+            got, want = gp_k.double()[i].item(), gp_ref.double()[i].item()
+            if not abs(got - want) <= atol * scale + rtol * abs(want):
+                raise AssertionError(f"{case}: gradient of parameter {_param_name(charge, i)} {got:.8g} differs "
+                                     f"from the reference {want:.8g}")
     if gs_ref is not None:
         _close("dL/dS (shortcut)", gs_k, gs_ref, shortcut.dtype, case)
+
+
+def _param_name(charge: Any, i: int) -> str:
+    names = getattr(charge, "param_names", None)
+    return names[i] if names else f"params[{i}]"
 
 
 def _neuron_factory(neuron: Any, kwargs: Dict[str, Any]) -> Callable[..., BaseNeuron]:
