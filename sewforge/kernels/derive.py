@@ -423,10 +423,20 @@ def _sym_print(e, lang: str, names: Dict[Any, str]) -> str:
     return p(e)[0]
 
 
+def _printable(e) -> bool:
+    """Whether every function in ``e`` has a C, Triton and PyTorch spelling (simplify may bring
+    in others, such as cosh)."""
+    import sympy
+
+    allowed = (sympy.exp, sympy.log, sympy.tanh, sympy.atan, sympy.Abs, sympy.sign)
+    return all(isinstance(f, allowed) for f in e.atoms(sympy.Function)) and not e.has(sympy.Piecewise)
+
+
 def _simplest(*candidates):
     import sympy
 
-    return min(candidates, key=lambda e: (sympy.count_ops(e), len(str(e))))
+    ok = [e for e in candidates if _printable(e)] or list(candidates[:1])
+    return min(ok, key=lambda e: (sympy.count_ops(e), len(str(e))))
 
 
 # ---- the derived equation ------------------------------------------------------------------------
@@ -629,7 +639,7 @@ def _derive_sympy(tree: _Node, params: Tuple[str, ...], learn: Tuple[str, ...]) 
         best = _simplest(d, sympy.simplify(d))
         if x_of_h is not None and x in best.free_symbols:
             e = sympy.simplify(d.subs(x, x_of_h))
-            if x not in e.free_symbols:
+            if x not in e.free_symbols and _printable(e):
                 best = e
         return best
 
