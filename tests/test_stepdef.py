@@ -149,9 +149,11 @@ def test_step_neuron_works_as_a_plugin_neuron_by_name(device):
     from sewforge.registry import NEURONS
 
     name = "TestGainLIF"
-    if name not in sewforge.list_neurons():
-        NEURONS.register(name, description="test")(GainLIF)
-    out = sewforge.create_neuron(name, gain=2.0)(torch.ones(3, 2, device=device))
+    NEURONS.register(name, description="test")(GainLIF)
+    try:
+        out = sewforge.create_neuron(name, gain=2.0)(torch.ones(3, 2, device=device))
+    finally:
+        NEURONS.unregister(name)
     assert out.flatten().tolist() == [1.0, 1.0] * 3  # h = (2 + 0.1) / 2 = 1.05 >= 1 at every step
 
 
