@@ -222,3 +222,29 @@ def test_derived_sources_are_readable():
     assert eq.c_charge == "v + (x - (v - v_rest)) * p0"
     assert eq.sources["c"]["dh_dp"] == {"k": "(h - v) / p0"}
     assert "def charge(v, x, P, v_rest)" in eq.sources["triton"]
+
+
+def atan_charge(v, x, p):
+    return v + torch.atan(x)
+
+
+def tanh_charge(v, x, p):
+    return v + torch.tanh(x)
+
+
+@pytest.mark.skipif("triton" not in testing.fused_backends("cpu"), reason="needs Triton (or its interpreter)")
+@pytest.mark.parametrize("step", [atan_charge, tanh_charge])
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 4e-7), (torch.float64, 4e-15)])
+def test_triton_tanh_and_atan_match_pytorch(step, dtype, rtol):
+    """Triton has no tanh/atan without libdevice: the generated ones must be as good as PyTorch's."""
+    from sewforge.kernels.multistep import triton_forward
+    from sewforge.kernels.spec import specialize
+    from sewforge.surrogates import create_surrogate
+
+    eq = charge_from_step(step)
+    x = torch.cat([torch.linspace(-8, 8, 2001), torch.logspace(-8, 0, 200)]).to(dtype).reshape(1, -1)
+    spec = specialize(eq, create_surrogate("ATan"), None, True, True)
+    _, h, _, _ = triton_forward(x, None, torch.zeros(1, dtype=dtype), None, spec, 1e9, 0.0, save_h=True,
+                                need_vt=False, count=False)
+    want = eq.torch_charge(torch.zeros_like(x[0]), x[0], torch.zeros(1, dtype=dtype), 0.0)
+    torch.testing.assert_close(h[0], want, rtol=rtol, atol=0)

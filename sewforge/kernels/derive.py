@@ -309,7 +309,7 @@ def _emit(node: _Node, lang: str, names: Dict[str, str]) -> Tuple[str, int]:
 
 _FUNC_NAMES = {
     "c": {"exp": "EXP", "log": "LOG", "sqrt": "SQRT", "tanh": "TANH", "atan": "ATAN", "abs": "FABS"},
-    "triton": {"exp": "tl.exp", "log": "tl.log", "sqrt": "tl.sqrt_rn", "tanh": "_tanh", "atan": "_atan",
+    "triton": {"exp": "tl.exp", "log": "tl.log", "sqrt": "_sqrt", "tanh": "_tanh", "atan": "_atan",
                "abs": "tl.abs"},
     "torch": {"exp": "torch.exp", "log": "torch.log", "sqrt": "torch.sqrt", "tanh": "torch.tanh",
               "atan": "torch.atan", "abs": "torch.abs"},
@@ -453,20 +453,41 @@ _MODULES: Dict[str, Any] = {}
 _TRITON_HELPERS = '''
 
 @jit
+def _sqrt(a):
+    # correctly rounded, as PyTorch's (sqrt_rn takes fp32 only)
+    if a.dtype == tl.float64:
+        r = tl.sqrt(a)
+    else:
+        r = tl.sqrt_rn(a)
+    return r
+
+@jit
 def _tanh(a):
-    e = tl.exp(-2.0 * tl.abs(a))
-    t = (1.0 - e) / (1.0 + e)
+    # no libdevice (the interpreter has none): a continued fraction near 0, where 1 - exp(-2|a|)
+    # would cancel, and (1 - e) / (1 + e) elsewhere
+    b = tl.abs(a)
+    e = tl.exp(-2.0 * b)
+    far = (1.0 - e) / (1.0 + e)
+    q = a * a
+    cf = 21.0
+    for k in tl.static_range(10):
+        cf = (19.0 - 2.0 * k) + q / cf
+    near = b / cf
+    t = tl.where(b < 0.5, near, far)
     return tl.where(a < 0, -t, t)
 
 
 @jit
 def _atan(a):
-    # atan(a) = 2 atan(a / (1 + sqrt(1 + a^2))), then a series on |z| <= tan(pi/8)
-    z = a / (1.0 + tl.sqrt_rn(1.0 + a * a))
-    z = z / (1.0 + tl.sqrt_rn(1.0 + z * z))
+    # atan(a) = 2 atan(a / (1 + sqrt(1 + a^2))) three times, then the series on |z| <= tan(pi/16)
+    z = a / (1.0 + _sqrt(1.0 + a * a))
+    z = z / (1.0 + _sqrt(1.0 + z * z))
+    z = z / (1.0 + _sqrt(1.0 + z * z))
     z2 = z * z
-    s = z * (1.0 - z2 * (1.0 / 3.0 - z2 * (1.0 / 5.0 - z2 * (1.0 / 7.0 - z2 * (1.0 / 9.0 - z2 / 11.0)))))
-    return 4.0 * s
+    s = 1.0 / 23.0
+    for k in tl.static_range(11):
+        s = 1.0 / (21.0 - 2.0 * k) - z2 * s
+    return 8.0 * z * s
 '''
 
 
@@ -560,7 +581,7 @@ def charge_from_step(step: Callable, params: Iterable[str] = (), *, learnable: O
         body_src.append(f"\n@jit\ndef dh_dp(v, x, h, P, v_rest):\n{loads(tr_dp)}{rows_src}"
                         f"    r = tl.arange(0, {rows})[:, None]\n    return {stacked}\n")
     body = "\n".join(body_src)
-    if "_tanh(" in body or "_atan(" in body:
+    if any(f"{helper}(" in body for helper in ("_tanh", "_atan", "_sqrt")):
         src.append(_TRITON_HELPERS)
     triton_source = "\n".join(src) + "\n" + body
     from .._triton import HAS_TRITON
