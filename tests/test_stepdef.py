@@ -248,3 +248,30 @@ def test_triton_tanh_and_atan_match_pytorch(step, dtype, rtol):
                                 need_vt=False, count=False)
     want = eq.torch_charge(torch.zeros_like(x[0]), x[0], torch.zeros(1, dtype=dtype), 0.0)
     torch.testing.assert_close(h[0], want, rtol=rtol, atol=0)
+
+
+def test_an_unwritable_cache_folder_still_derives(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("SEWFORGE_KERNEL_CACHE", str(blocker))
+
+    def fresh(v, x, p):
+        return v * 0.8125 + x * p.w
+
+    eq = charge_from_step(fresh, ("w",))
+    assert eq.c_dh_dp == "(h - (real)0.8125 * v) / p0" and not eq.needs_input_in_backward
+    out = GainLIF()(torch.ones(2, 3))
+    assert out.shape == (2, 3)
+
+
+def test_a_step_neuron_subclass_keeps_or_replaces_its_parents_equation():
+    class Same(GainLIF):
+        pass
+
+    class Other(GainLIF):
+        @staticmethod
+        def step(v, x, p):
+            return v + (p.gain * x + p.bias - (v - p.v_rest)) * p.k * 0.5
+
+    assert Same._charge is GainLIF._charge and Other._charge is not GainLIF._charge
+    assert Other().charge_equation().c_charge.endswith("* (real)0.5")

@@ -491,19 +491,33 @@ def _atan(a):
 '''
 
 
+_PRIVATE: List[Path] = []
+
+
+def _private_dir() -> Path:
+    if not _PRIVATE:
+        _PRIVATE.append(Path(tempfile.mkdtemp(prefix="sewforge-derived-")))
+    return _PRIVATE[0]
+
+
 def _import_source(source: str, tag: str):
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     mod = _MODULES.get(digest)
     if mod is not None:
         return mod
-    folder = _cache_dir()
-    path = folder / f"charge_{tag}_{digest}.py"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".py")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)  # atomic: concurrent writers of the same source are harmless
+    path = None
+    for folder in (_cache_dir(), _private_dir()):
+        path = folder / f"charge_{tag}_{digest}.py"
+        try:
+            if not path.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".py")
+                with os.fdopen(fd, "w") as f:
+                    f.write(source)
+                os.replace(tmp, path)  # atomic: concurrent writers of the same source are harmless
+            break
+        except OSError:  # an unwritable cache: this process's own folder instead
+            continue
     spec = importlib.util.spec_from_file_location(f"sewforge_derived_{digest}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

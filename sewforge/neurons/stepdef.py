@@ -21,6 +21,7 @@ buffers. Reset, threshold, surrogate and SEW fusion are those of every :class:`B
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict
@@ -51,7 +52,9 @@ class StepNeuron(BaseNeuron):
 
     def __init_subclass__(cls, **kw: Any):
         super().__init_subclass__(**kw)
-        step = cls.__dict__.get("step")
+        if "step" not in cls.__dict__ and "params" not in cls.__dict__ and hasattr(cls, "_charge"):
+            return  # a subclass that changes neither keeps its parent's equation
+        step = inspect.getattr_static(cls, "step", None)
         if isinstance(step, staticmethod):
             step = step.__func__
         if step is None:
