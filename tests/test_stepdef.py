@@ -5,6 +5,7 @@ import types
 
 import pytest
 import torch
+from hypothesis import assume, given, settings, strategies as st
 
 import sewforge
 from sewforge import testing
@@ -96,12 +97,27 @@ def test_the_backward_reads_x_only_when_no_derivative_can_do_without_it():
 def test_fused_paths_equal_autograd_on_the_authors_function(device, key, v_reset, detach, g, dtype):
     if key == "exp_if" and v_reset is None:
         pytest.skip("the exponential term runs away when a soft reset keeps v above theta")
+    _compare_with_the_authors_function(device, key, v_reset, detach, g, dtype, (6, 3, 7), "Sigmoid", 3)
+
+
+@given(key=st.sampled_from(sorted(STEPS)), v_reset=st.sampled_from([0.0, -0.25, None]), detach=st.booleans(),
+       g=st.sampled_from([None, "ADD", "AND", "IAND"]), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+       shape=st.lists(st.sampled_from([1, 2, 3, 5, 7]), min_size=1, max_size=3).map(tuple),
+       T=st.integers(1, 7), surrogate=st.sampled_from(["ATan", "Sigmoid", "PiecewiseQuadratic"]),
+       seed=st.integers(0, 2 ** 16))
+@settings(max_examples=12)
+def test_fused_paths_equal_the_authors_function_anywhere(key, v_reset, detach, g, dtype, shape, T, surrogate, seed):
+    assume(not (key == "exp_if" and v_reset is None))
+    _compare_with_the_authors_function(torch.device("cpu"), key, v_reset, detach, g, dtype, (T,) + shape,
+                                       surrogate, seed)
+
+
+def _compare_with_the_authors_function(device, key, v_reset, detach, g, dtype, shape, surrogate, seed):
     step, values = STEPS[key]
     names = tuple(values)
     eq = charge_from_step(step, names)
     user = _user_reference(step, names)
-    gen = torch.Generator().manual_seed(3)
-    shape = (6, 3, 7)
+    gen = torch.Generator().manual_seed(seed)
     x0 = (torch.randn(shape, generator=gen) * 1.5 + 0.3).to(device=device, dtype=dtype)
     sc0 = (torch.rand(shape, generator=gen) > 0.5).to(device=device, dtype=dtype) if g else None
     go = torch.randn(shape, generator=gen).to(device)
@@ -110,7 +126,7 @@ def test_fused_paths_equal_autograd_on_the_authors_function(device, key, v_reset
         x = x0.clone().requires_grad_(True)
         p = torch.tensor(list(values.values()), device=device, requires_grad=True)
         sc = sc0.clone().requires_grad_(True) if g else None
-        out, _, _ = multistep_neuron(x, user if backend == "torch" else eq, p, "Sigmoid", 1.0, v_reset, detach,
+        out, _, _ = multistep_neuron(x, user if backend == "torch" else eq, p, surrogate, 1.0, v_reset, detach,
                                      shortcut=sc, g=g, backend=backend)
         out.backward(go.to(out.dtype))
         results[backend] = (out.detach(), x.grad, p.grad, sc.grad if g else None)
