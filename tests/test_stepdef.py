@@ -200,6 +200,10 @@ def reads_undeclared(v, x, p):
     return v + x * p.tau
 
 
+def tensor_constant(v, x, p):
+    return v + x * torch.tensor(0.5)
+
+
 def two_states(v, x, p):
     return v + x, v
 
@@ -209,6 +213,7 @@ def two_states(v, x, p):
     (uses_math, "math.exp", "math.* functions"),
     (clamps, "torch.clamp", "torch.clamp"),
     (reads_undeclared, "p.tau", "p.tau, which is not declared"),
+    (tensor_constant, "torch.tensor(0.5)", "declare it as a parameter"),
 ])
 def test_bad_step_function_names_the_function_the_line_and_what_is_allowed(fn, text, what):
     with pytest.raises(StepFunctionError) as info:
@@ -291,3 +296,14 @@ def test_a_step_neuron_subclass_keeps_or_replaces_its_parents_equation():
 
     assert Same._charge is GainLIF._charge and Other._charge is not GainLIF._charge
     assert Other().charge_equation().c_charge.endswith("* (real)0.5")
+
+
+def test_fixed_parameters_are_not_rounded_by_half_models():
+    n = GainLIF(bias=0.1).half()
+    p = n.charge_params()
+    assert p.dtype == torch.float32 and p[2].item() == torch.tensor(0.1).item()
+    assert GainLIF(bias=0.1).double().charge_params()[2].item() == 0.1
+    src = GainLIF(bias=0.3)
+    dst = GainLIF(bias=0.1)
+    dst.load_state_dict(src.state_dict())
+    assert dst.double().charge_params()[2].item() == 0.30000001192092896  # the saved fp32 value

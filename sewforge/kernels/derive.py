@@ -201,6 +201,8 @@ class _Sym:
         name = {"arctan": "atan", "absolute": "abs"}.get(name, name)
         if name in _FUNCS and len(args) == 1 and not kwargs:
             return _Sym(_Node(name, (_lift(args[0]),)))
+        if any(isinstance(a, torch.Tensor) for a in args):
+            raise _fail("a tensor constant inside the step function (declare it as a parameter)")
         raise _fail(f"torch.{name}")
 
 

@@ -73,6 +73,7 @@ class StepNeuron(BaseNeuron):
     def __init__(self, **kw: Any):
         own = {n: kw.pop(n) for n in list(kw) if n in self.params}
         super().__init__(**kw)
+        self._constants: Dict[str, float] = {}  # exact values of the fixed parameters
         for name, spec in self.params.items():
             value = own.get(name, spec.default)
             try:
@@ -86,6 +87,13 @@ class StepNeuron(BaseNeuron):
                 setattr(self, name, nn.Parameter(t))
             else:
                 self.register_buffer(name, t)
+                self._constants[name] = value
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kw: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
+        for n in self._constants:  # a loaded fixed value replaces the constructor's
+            if prefix + n in state_dict:
+                self._constants[n] = float(state_dict[prefix + n])
 
     def charge_equation(self) -> ChargeEquation:
         return self._charge
@@ -96,7 +104,14 @@ class StepNeuron(BaseNeuron):
         values = [getattr(self, n) for n in self.params]
         # fp32 at least (a .half() model keeps fp32 parameters in the kernel); fp64 stays fp64
         dtype = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
-        return torch.stack([v.to(dtype) for v in values])
+        out = []
+        for n, v in zip(self.params, values):
+            exact = self._constants.get(n)
+            if exact is not None and v.dtype != torch.float32:
+                # after .half() / .double(): the value given, not its float32 (or float16) rounding
+                v = torch.full((), exact, dtype=dtype, device=v.device)
+            out.append(v.to(dtype))
+        return torch.stack(out)
 
     def extra_repr(self) -> str:
         own = ", ".join(f"{n}={getattr(self, n).item():.4g}" for n in self.params)
