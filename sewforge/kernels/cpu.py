@@ -222,7 +222,8 @@ def generate_source(spec: KernelSpec, dtype: torch.dtype) -> str:
                     sg=_sub_x(spec.surrogate.c_derivative, "(h - v_th)"), g_stmt=g_stmt, dv_dh=dv_dh,
                     x_stmt="const real x = LD(xt[j]);" if ch.needs_input_in_backward else "const real x = h; (void)x;",
                     gx_stmt=f"gxt[j] = ST(grad_h * (real)({ch.c_dh_dx}));" if need_gx else "",
-                    gp_stmt=" ".join(f"dp{i}[j] += grad_h * (real)({e});" for i, e in enumerate(dps)) if need_gp else "",
+                    gp_stmt=(" ".join(f"dp{i}[j] += grad_h * (real)({e});" for i, e in enumerate(dps))
+                             if need_gp else ""),
                     dh_dv=ch.c_dh_dv)
                 src.append(_BACKWARD.format(
                     name=f"bwd_{need_gx}{need_gsc}{need_gp}", need_gx=need_gx, need_gsc=need_gsc, need_gp=need_gp,

@@ -39,6 +39,7 @@ import math
 import os
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -154,9 +155,6 @@ class _Sym:
 
     def __rpow__(self, base):
         raise _fail("a number raised to the state or a parameter (use torch.exp(y * log(b)))")
-
-    def _refuse(self, *_a, what="") -> Any:
-        raise _fail(what)
 
     def __bool__(self):
         raise _fail("a condition on the state or a parameter (`if`, `and`, `or`, comparisons); branches are not "
@@ -442,8 +440,18 @@ def _simplest(*candidates):
 
 
 # ---- the derived equation ------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False, repr=False)  # identity-hashed and printed like every ChargeEquation
 class DerivedCharge(ChargeEquation):
     """A :class:`ChargeEquation` derived from a step function; keeps its sources for reading."""
+
+    #: the author's function
+    step: Optional[Callable] = None
+    param_names: Tuple[str, ...] = ()
+    learnable_names: Tuple[str, ...] = ()
+    #: ``{"torch": source, "c": {"h", "dh_dv", "dh_dx", "dh_dp": {name: expression}}, "triton": source}``
+    sources: Dict[str, Any] = field(default_factory=dict)
+    #: the derivatives in PyTorch, ``(v, x, h, p, v_rest)``: dH/dV, dH/dX and a tuple of dH/dp
+    torch_derivatives: Optional[Tuple[Callable, Callable, Callable]] = None
 
 
 def _cache_dir() -> Path:
@@ -621,15 +629,11 @@ def charge_from_step(step: Callable, params: Iterable[str] = (), *, learnable: O
         num_params=len(params), needs_input_in_backward=needs_x,
         c_charge=c_h, c_dh_dv=c_dv, c_dh_dx=c_dx, c_dh_dp=(c_dp if len(c_dp) != 1 else c_dp[0]) if c_dp else None,
         learnable=tuple(idx[n] for n in learn) if learn else (0,),
+        step=step, param_names=params, learnable_names=learn,
+        sources={"torch": torch_src, "triton": triton_source,
+                 "c": {"h": c_h, "dh_dv": c_dv, "dh_dx": c_dx, "dh_dp": dict(zip(learn, c_dp))}},
+        torch_derivatives=(namespace["dh_dv"], namespace["dh_dx"], namespace["dh_dp"]),
     )
-    object.__setattr__(eq, "step", step)
-    object.__setattr__(eq, "param_names", params)
-    object.__setattr__(eq, "learnable_names", learn)
-    object.__setattr__(eq, "sources", {"torch": torch_src, "c": {"h": c_h, "dh_dv": c_dv, "dh_dx": c_dx,
-                                                               "dh_dp": dict(zip(learn, c_dp))},
-                                       "triton": triton_source})
-    #: the derivatives in PyTorch, ``(v, x, h, p, v_rest)``: dH/dV, dH/dX and a tuple of dH/dp
-    object.__setattr__(eq, "torch_derivatives", (namespace["dh_dv"], namespace["dh_dx"], namespace["dh_dp"]))
     return eq
 
 

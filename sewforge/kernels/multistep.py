@@ -413,7 +413,8 @@ def triton_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_th
     shortcut only when g's derivatives depend on it (not for ADD); either may be None otherwise.
     ``grad_x`` (``need_gx``) is in ``x_dtype``, ``grad_shortcut`` (``need_gsc`` and g) in
     ``sc_dtype``; ``grad_params`` (``need_gp``) has params' shape: at the charge's ``learnable``
-    indices the gradient summed over every element and step, zeros elsewhere. A gradient that is not needed is None and is not written.
+    indices the gradient summed over every element and step, zeros elsewhere. A gradient that is not
+    needed is None and is not written.
     """
     (gx, gsc, gp_partial), args, constants = _prepare_backward(
         grad_out, x, h, shortcut, params, v0, spec, v_threshold, v_reset, alpha, need_gx=need_gx,
