@@ -35,12 +35,17 @@ def squashed(v, x, p):  # non-linear in x: the backward must read x
     return v * p.decay + torch.tanh(x) * p.gain + abs(v) ** 2 * p.c - torch.sigmoid(x - v) * p.c
 
 
+def kinked(v, x, p):  # abs: the derivatives carry sign()
+    return v * p.c + abs(x - v) * (1 - p.c) + torch.sqrt(x * x + 1) * 0.25 - torch.log(abs(v) + 2) * p.c
+
+
 STEPS = {
     "lif": (lif, {"k": 0.5}),
     "gain_lif": (gain_lif, {"k": 0.4, "gain": 1.3}),
     "qif": (qif, {"k": 0.5, "a0": 0.5, "v_c": 0.8}),
     "exp_if": (exp_if, {"tau": 2.0, "delta": 0.5, "theta": 0.6}),
     "squashed": (squashed, {"decay": 0.7, "gain": 1.1, "c": 0.2}),
+    "kinked": (kinked, {"c": 0.3}),
 }
 
 

@@ -1,5 +1,8 @@
 """Charge equations: what makes one neuron different from another.
 
+Most equations are not written by hand: :func:`sewforge.kernels.derive.charge_from_step` derives
+every form below from one Python step function. This module is the interface the kernels consume.
+
 A neuron's membrane update ``H[t] = f(V[t-1], X[t])`` is given in PyTorch (the reference,
 differentiated by autograd), as ``@triton.jit`` functions with its partial derivatives (the GPU
 kernels, :mod:`sewforge.kernels.multistep`) and, optionally, as C expressions of the same
