@@ -99,14 +99,21 @@ def compare_to_reference(
                              f"(dtypes {o_k.dtype} / {o_ref.dtype})")
     _close("dL/dX", gx_k, gx_ref, x.dtype, case)
     if gp_ref is not None:
-        # a sum over every element and step: compare relative to its magnitude
+        # sums over every element and step: compare relative to their magnitude
         scale = max(1.0, gx_ref.double().abs().sum().item())
         rtol, atol = TOLERANCES[x.dtype]
-        if abs(gp_k.double()[0].item() - gp_ref.double()[0].item()) > atol * scale + rtol * abs(gp_ref[0].item()):
-            raise AssertionError(f"{case}: parameter gradient {gp_k[0].item():.8g} differs from the "
-                                 f"reference {gp_ref[0].item():.8g}")
+        for i in charge.learnable:
+            got, want = gp_k.double()[i].item(), gp_ref.double()[i].item()
+            if not abs(got - want) <= atol * scale + rtol * abs(want):
+                raise AssertionError(f"{case}: gradient of parameter {_param_name(charge, i)} {got:.8g} differs "
+                                     f"from the reference {want:.8g}")
     if gs_ref is not None:
         _close("dL/dS (shortcut)", gs_k, gs_ref, shortcut.dtype, case)
+
+
+def _param_name(charge: Any, i: int) -> str:
+    names = getattr(charge, "param_names", None)
+    return names[i] if names else f"params[{i}]"
 
 
 def _neuron_factory(neuron: Any, kwargs: Dict[str, Any]) -> Callable[..., BaseNeuron]:
@@ -125,21 +132,26 @@ def check_neuron(
     device: Any = "cpu",
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16),
     surrogates: Iterable[Any] = ("ATan", "Sigmoid"),
-    shapes: Sequence[Tuple[int, ...]] = ((1, 1), (5, 3, 7), (3, 2, 13)),
-    gs: Sequence[Any] = (None, "ADD", "IAND"),
+    shapes: Sequence[Tuple[int, ...]] = ((1, 1), (5, 3, 7), (3, 2, 13), (4, 11)),
+    gs: Sequence[Any] = (None, "ADD", "AND", "IAND"),
     seed: int = 0,
     **neuron_kwargs: Any,
 ) -> int:
-    """Check a neuron's fused kernels against the reference over a grid of cases: hard reset (to 0
-    and to a negative v_reset) and soft reset, detached and attached reset, several surrogates, dtypes, shapes (T first) and fused
-    element-wise functions. Returns the number of cases checked."""
+    """Check a neuron's fused kernels against the reference on every combination of fused
+    element-wise function ``gs``, dtype, reset (hard to 0, hard to a negative v_reset, soft) and
+    detached or attached reset; surrogates and (odd, T-first) shapes take turns across the grid so
+    that each one meets every reset and g. Returns the number of cases checked."""
     make = _neuron_factory(neuron, neuron_kwargs)
     gen = torch.Generator().manual_seed(seed)
+    surrogates, shapes = list(surrogates), list(shapes)
+    if not surrogates or not shapes or not dtypes or not gs:
+        raise ValueError("check_neuron: surrogates, shapes, dtypes and gs must each name at least one case")
     n = 0
     # a non-zero v_reset too: with only 0 and soft reset (v_rest = 0 both) a kernel that ignores v_rest passes
-    combos = itertools.product((0.0, None, -0.25), (True, False), surrogates)
-    for (v_reset, detach, sg), shape, dtype, g in zip(itertools.cycle(combos), itertools.cycle(shapes),
-                                                      itertools.cycle(dtypes), gs * 4):
+    grid = itertools.product(gs, dtypes, (0.0, None, -0.25), (True, False))
+    for i, (g, dtype, v_reset, detach) in enumerate(grid):
+        sg = surrogates[(i + i // len(surrogates)) % len(surrogates)]
+        shape = shapes[i % len(shapes)]
         mod = make(v_reset=v_reset, detach_reset=detach, surrogate=sg)
         x = (torch.randn(shape, generator=gen) * 1.5 + 0.3).to(device=device, dtype=dtype)
         sc = (torch.rand(shape, generator=gen) > 0.5).to(device=device, dtype=dtype) if g is not None else None

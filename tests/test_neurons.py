@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import sewforge
-from sewforge.neurons import IF_CHARGE, IFNode, LIFNode, PLIFNode
+from sewforge.neurons import IF_CHARGE, IFNode, LIFNode, LTLIFNode, PLIFNode
 
 
 def manual_lif(xs, tau, v_th=1.0, v_reset=0.0, decay_input=True):
@@ -216,3 +216,24 @@ def test_a_neuron_plugin_with_a_wrong_forward_signature_is_named_when_built():
 
     with pytest.raises(TypeError, match=r"SEWBlock: neuron TwoInputs \(from test_neurons\) has forward\(x, y\)"):
         SEWBlock(4, 4, neuron=TwoInputs)
+
+
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_ltlif_is_a_lif_of_threshold_theta(v_reset):
+    x = torch.randn(12, 3, 5) * 2 + 1
+    lt = LTLIFNode(k=1 / 3, theta=1.5, v_reset=v_reset)
+    lif = LIFNode(tau=3.0, v_threshold=1.5, v_reset=v_reset)
+    assert torch.equal(lt(x), lif(x)) or (lt(x) != lif(x)).float().mean() < 0.01  # rounding at the threshold
+
+
+def test_ltlif_learns_decay_and_threshold():
+    n = LTLIFNode()
+    assert sorted(name for name, _ in n.named_parameters()) == ["k", "theta"]
+    (n(torch.randn(6, 4) * 2 + 1) * torch.randn(6, 4)).sum().backward()
+    assert n.k.grad.item() != 0 and n.theta.grad.item() != 0
+
+
+def test_ltlif_kernels_match_the_reference(device):
+    from sewforge import testing
+
+    assert testing.check_neuron(LTLIFNode, device=device, theta=0.8) == 72

@@ -1,5 +1,8 @@
 """Charge equations: what makes one neuron different from another.
 
+Most equations are not written by hand: :func:`sewforge.kernels.derive.charge_from_step` derives
+every form below from one Python step function. This module is the interface the kernels consume.
+
 A neuron's membrane update ``H[t] = f(V[t-1], X[t])`` is given in PyTorch (the reference,
 differentiated by autograd), as ``@triton.jit`` functions with its partial derivatives (the GPU
 kernels, :mod:`sewforge.kernels.multistep`) and, optionally, as C expressions of the same
@@ -11,8 +14,11 @@ the CPU, through a plain-PyTorch forward/backward (slower, still linear in T).
 Conventions shared by both forms:
 
 * ``params`` is a 1-D tensor (``P`` a pointer in Triton) of the neuron's scalar parameters in the
-  compute dtype. Only ``params[0]`` may be learnable; ``dh_dp`` is the derivative with respect to
-  it. The Triton functions read a parameter with ``tl.load(P + i)``.
+  compute dtype. The parameters listed in ``learnable`` (indices, default ``(0,)``) get gradients:
+  ``dh_dp`` is the derivative with respect to them, a ``[BLOCK]`` value for one parameter, a
+  ``[R, BLOCK]`` value (one row per learnable parameter, padded with rows of zeros to ``R``, the
+  next power of two) for several; ``c_dh_dp`` is one C expression per learnable parameter. The
+  Triton functions read a parameter with ``tl.load(P + i)``.
 * ``v_rest`` is the potential the neuron decays toward: ``v_reset`` for a hard reset, 0 for a soft
   reset (``v_reset=None``), as in SpikingJelly.
 * The Triton derivatives take ``(v, x, h, P, v_rest)``: ``h`` is the charged potential of the same
@@ -27,7 +33,7 @@ Conventions shared by both forms:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 
@@ -48,7 +54,7 @@ class ChargeEquation:
     triton_dh_dv: Any
     #: ``@triton.jit (v, x, h, P, v_rest) -> dH/dX``.
     triton_dh_dx: Any
-    #: ``@triton.jit (v, x, h, P, v_rest) -> dH/dparams[0]``, or None when nothing is learnable.
+    #: ``@triton.jit (v, x, h, P, v_rest) -> dH/dparams[learnable]``, or None when nothing is learnable.
     triton_dh_dp: Any = None
     #: Number of scalars in ``params``.
     num_params: int = 0
@@ -59,8 +65,23 @@ class ChargeEquation:
     c_dh_dv: Optional[str] = None
     #: C expression of dH/dX.
     c_dh_dx: Optional[str] = None
-    #: C expression of dH/dp0 (None when nothing is learnable).
-    c_dh_dp: Optional[str] = None
+    #: C expression of dH/dp for each learnable parameter (one string when there is one).
+    c_dh_dp: Optional[Union[str, Tuple[str, ...]]] = None
+    #: Indices into ``params`` of the parameters that ``dh_dp`` differentiates by.
+    learnable: Tuple[int, ...] = (0,)
+
+    @property
+    def c_dh_dps(self) -> Tuple[str, ...]:
+        """``c_dh_dp`` as a tuple (empty when nothing is learnable)."""
+        if self.c_dh_dp is None:
+            return ()
+        return (self.c_dh_dp,) if isinstance(self.c_dh_dp, str) else tuple(self.c_dh_dp)
+
+    @property
+    def dp_rows(self) -> int:
+        """Rows of the Triton ``dh_dp`` value: the number of learnable parameters rounded up to a
+        power of two."""
+        return 1 << max(len(self.learnable) - 1, 0).bit_length()
 
     @property
     def has_c(self) -> bool:

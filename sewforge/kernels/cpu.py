@@ -124,11 +124,11 @@ void {name}(const io_t* restrict GO, const io_t* restrict X, const real* restric
             double* restrict gp_out) {{
   const real v_th = (real)v_th_, v_rest = (real)v_rest_, alpha = (real)alpha_;
   {params}
-  real gv[BLOCK], dp[BLOCK], vi[BLOCK];
-  double gp = 0.0;
+  real gv[BLOCK], vi[BLOCK];
+  {dp_decl}
   for (int64_t b0 = start; b0 < stop; b0 += BLOCK) {{
     const int64_t n = (stop - b0) < BLOCK ? (stop - b0) : BLOCK;
-    for (int64_t j = 0; j < n; j++) {{ gv[j] = 0; dp[j] = 0; vi[j] = V0 ? V0[b0 + j] : v_rest; }}
+    for (int64_t j = 0; j < n; j++) {{ gv[j] = 0; {dp_zero} vi[j] = V0 ? V0[b0 + j] : v_rest; }}
     for (int64_t t = T - 1; t >= 0; t--) {{
       const int64_t o = t * N + b0;
       const io_t* restrict got = GO + o;
@@ -154,7 +154,7 @@ void {name}(const io_t* restrict GO, const io_t* restrict X, const real* restric
     }}
     {gp_reduce}
   }}
-  if (gp_out) *gp_out = gp;
+  {gp_store}
 }}
 """
 
@@ -205,7 +205,8 @@ def generate_source(spec: KernelSpec, dtype: torch.dtype) -> str:
     else:
         dv_dh = "(real)1" if spec.detach_reset else "1 - v_th * sg"
     reads_s = has_g and g.backward_reads_s
-    has_dp = ch.c_dh_dp is not None
+    dps = ch.c_dh_dps
+    has_dp = bool(dps)
     for need_gx in (0, 1):
         for need_gsc in ((0, 1) if has_g else (0,)):
             for need_gp in ((0, 1) if has_dp else (0,)):
@@ -221,7 +222,8 @@ def generate_source(spec: KernelSpec, dtype: torch.dtype) -> str:
                     sg=_sub_x(spec.surrogate.c_derivative, "(h - v_th)"), g_stmt=g_stmt, dv_dh=dv_dh,
                     x_stmt="const real x = LD(xt[j]);" if ch.needs_input_in_backward else "const real x = h; (void)x;",
                     gx_stmt=f"gxt[j] = ST(grad_h * (real)({ch.c_dh_dx}));" if need_gx else "",
-                    gp_stmt=f"dp[j] += grad_h * (real)({ch.c_dh_dp});" if need_gp else "",
+                    gp_stmt=(" ".join(f"dp{i}[j] += grad_h * (real)({e});" for i, e in enumerate(dps))
+                             if need_gp else ""),
                     dh_dv=ch.c_dh_dv)
                 src.append(_BACKWARD.format(
                     name=f"bwd_{need_gx}{need_gsc}{need_gp}", need_gx=need_gx, need_gsc=need_gsc, need_gp=need_gp,
@@ -231,7 +233,11 @@ def generate_source(spec: KernelSpec, dtype: torch.dtype) -> str:
                     gx_row="io_t* restrict gxt = GX + o;" if need_gx else "",
                     gsc_row="io_t* restrict gsct = GSC + o;" if need_gsc else "",
                     reset_prev=reset_prev, body=body,
-                    gp_reduce="for (int64_t j = 0; j < n; j++) gp += (double)dp[j];" if need_gp else ""))
+                    dp_decl=" ".join(f"real dp{i}[BLOCK]; double gp{i} = 0.0;" for i in range(len(dps))),
+                    dp_zero=" ".join(f"dp{i}[j] = 0;" for i in range(len(dps))),
+                    gp_reduce=" ".join(f"for (int64_t j = 0; j < n; j++) gp{i} += (double)dp{i}[j];"
+                                       for i in range(len(dps))) if need_gp else "",
+                    gp_store=" ".join(f"if (gp_out) gp_out[{i}] = gp{i};" for i in range(len(dps)))))
     return "\n".join(src)
 
 
@@ -379,25 +385,27 @@ _POOL_SIZE = 0
 _POOL_PID = 0  # a forked child has the pool object but not its threads: it makes its own
 
 
-def _run_chunks(fn, n: int, threads: int, make_args) -> List[float]:
-    """Call ``fn(*make_args(start, stop, slot))`` over ``[0, n)`` split among ``threads``."""
+def _run_chunks(fn, n: int, threads: int, make_args, width: int = 1) -> List[List[float]]:
+    """Call ``fn(*make_args(start, stop, slot))`` over ``[0, n)`` split among ``threads``; each
+    call's ``slot`` points at ``width`` doubles of its own, returned per chunk."""
     global _POOL, _POOL_SIZE, _POOL_PID
     # chunks of whole blocks, at least ~64K neurons each: hand-offs cost more than they save below that
     chunks = max(1, min(threads, n // (1 << 16)))
-    results = (ctypes.c_double * chunks)()
+    results = (ctypes.c_double * (chunks * width))()
     if chunks == 1:
         fn(*make_args(0, n, ctypes.byref(results, 0)))
-        return [results[0]]
+        return [list(results[:width])]
     per = -(-n // chunks)
     per = -(-per // _BLOCK) * _BLOCK
     bounds = [(i * per, min(n, (i + 1) * per)) for i in range(chunks) if i * per < n]
     if _POOL is None or _POOL_SIZE < len(bounds) or _POOL_PID != os.getpid():
         _POOL = ThreadPoolExecutor(max_workers=len(bounds), thread_name_prefix="sewforge-cpu")
         _POOL_SIZE, _POOL_PID = len(bounds), os.getpid()
-    futures = [_POOL.submit(fn, *make_args(a, b, ctypes.byref(results, 8 * i))) for i, (a, b) in enumerate(bounds)]
+    futures = [_POOL.submit(fn, *make_args(a, b, ctypes.byref(results, 8 * width * i)))
+               for i, (a, b) in enumerate(bounds)]
     for f in futures:
         f.result()
-    return [results[i] for i in range(len(bounds))]
+    return [list(results[width * i:width * (i + 1)]) for i in range(len(bounds))]
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
@@ -457,7 +465,7 @@ def cpu_forward(x, shortcut, params, v0, spec: KernelSpec, v_threshold: float, v
         parts = _run_chunks(fn, n, torch.get_num_threads(), lambda a, b, slot: (
             _ptr(x), _ptr(shortcut), _ptr(out), _ptr(h), _ptr(p), _ptr(v0c), _ptr(vt), a, b, n, T,
             float(v_threshold), v_rest, slot if count else None))
-        total = sum(parts)
+        total = sum(part[0] for part in parts)
     counted = torch.tensor([total], dtype=torch.float64) if count else None
     return out, h, vt, counted
 
@@ -473,18 +481,19 @@ def cpu_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_thres
     v_rest = 0.0 if v_reset is None else float(v_reset)
     has_g = spec.g is not None
     need_gsc = need_gsc and has_g
-    want_gp, need_gp = need_gp, need_gp and spec.charge.c_dh_dp is not None
+    ch = spec.charge
+    want_gp, need_gp = need_gp, need_gp and bool(ch.c_dh_dps)
     gx = _alloc(h, x_dtype) if need_gx else None
     gsc = _alloc(h, sc_dtype) if need_gsc else None
-    total = 0.0
+    totals = [0.0] * len(ch.c_dh_dps)
     if T > 0 and n > 0:
         fn = _function(lib, f"bwd_{int(need_gx)}{int(need_gsc)}{int(need_gp)}", _ARGTYPES_BWD)
         v0c = v0.to(cd) if v0 is not None else None
         p = params.to(cd).contiguous()
         parts = _run_chunks(fn, n, torch.get_num_threads(), lambda a, b, slot: (
             _ptr(grad_out), _ptr(x), _ptr(h), _ptr(shortcut), _ptr(p), _ptr(v0c), _ptr(gx), _ptr(gsc), a, b, n, T,
-            float(v_threshold), v_rest, float(alpha), slot if need_gp else None))
-        total = sum(parts)
+            float(v_threshold), v_rest, float(alpha), slot if need_gp else None), width=max(1, len(totals)))
+        totals = [sum(part[i] for part in parts) for i in range(len(totals))]
     else:
         for t in (gx, gsc):
             if t is not None:
@@ -493,7 +502,7 @@ def cpu_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_thres
     if want_gp:
         gp = torch.zeros_like(params)
         if need_gp:
-            gp[0] = total
+            gp[list(ch.learnable)] = torch.tensor(totals, dtype=gp.dtype)
     return gx, gsc, gp
 
 
@@ -587,7 +596,9 @@ def torch_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_thr
     gp = None
     if need_gp:
         gp = torch.zeros_like(params)
-        gp[0] = gp_total[0] if gp_total.numel() else 0
+        if gp_total.numel():
+            idx = list(ch.learnable)
+            gp[idx] = gp_total[idx]
     return gx, gsc, gp
 
 

@@ -134,7 +134,7 @@ def _multistep_bwd(
     DH_DV: tl.constexpr, DH_DX: tl.constexpr, DH_DP: tl.constexpr, SG: tl.constexpr,
     G_DA: tl.constexpr, G_DS: tl.constexpr,
     HAS_G: tl.constexpr, READ_SC: tl.constexpr, WRITE_GX: tl.constexpr, WRITE_GSC: tl.constexpr,
-    HAS_DP: tl.constexpr, NEEDS_X: tl.constexpr, HARD_RESET: tl.constexpr,
+    HAS_DP: tl.constexpr, NUM_DP: tl.constexpr, NEEDS_X: tl.constexpr, HARD_RESET: tl.constexpr,
     DETACH_RESET: tl.constexpr, HAS_V0: tl.constexpr, BLOCK: tl.constexpr, CD: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -145,7 +145,7 @@ def _multistep_bwd(
     a = tl.full([], alpha, CD)
     v_init = _initial_state(V0, offs, mask, v_rest, HAS_V0, BLOCK, CD)
     grad_v = tl.zeros([BLOCK], CD)  # dL/dV[t], carried backwards in time
-    dp = tl.zeros([BLOCK], CD)
+    dp = tl.zeros([NUM_DP, BLOCK], CD)  # one row per learnable parameter
     n64 = tl.cast(N, tl.int64)  # t * N passes 2**31 on large activations
     h = tl.load(H + offs + (T - 1) * n64, mask=mask, other=0.0)
     for i in range(T):
@@ -187,12 +187,12 @@ def _multistep_bwd(
         if WRITE_GX:
             tl.store(GX + idx, (grad_h * DH_DX(v_prev, x, h, P, v_rest)).to(GX.dtype.element_ty), mask=mask)
         if HAS_DP:
-            dp += grad_h * DH_DP(v_prev, x, h, P, v_rest).to(CD)
+            dp += grad_h[None, :] * DH_DP(v_prev, x, h, P, v_rest).to(CD)
         grad_v = grad_h * DH_DV(v_prev, x, h, P, v_rest).to(CD)
         h = h_prev
     if HAS_DP:
         # one partial sum per program; the host adds them up (deterministic, unlike float atomics)
-        tl.store(GP + pid, tl.sum(tl.where(mask, dp, 0.0), axis=0))
+        tl.store(GP + pid * NUM_DP + tl.arange(0, NUM_DP), tl.sum(tl.where(mask[None, :], dp, 0.0), axis=1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,7 +213,8 @@ def backward_constants(spec: KernelSpec, *, has_dp: bool, needs_x: bool, read_sc
                 SG=spec.surrogate.triton_derivative,
                 G_DA=spec.g.triton_dg_da if has_g else _no_g, G_DS=spec.g.triton_dg_ds if has_g else _no_g,
                 HAS_G=has_g, READ_SC=read_sc, WRITE_GX=write_gx, WRITE_GSC=write_gsc, HAS_DP=has_dp,
-                NEEDS_X=needs_x, HARD_RESET=spec.hard_reset, DETACH_RESET=spec.detach_reset, HAS_V0=has_v0, CD=cd)
+                NUM_DP=ch.dp_rows if has_dp else 1, NEEDS_X=needs_x, HARD_RESET=spec.hard_reset,
+                DETACH_RESET=spec.detach_reset, HAS_V0=has_v0, CD=cd)
 
 
 # No multiply-add contraction: the charge must round exactly as the PyTorch reference does, so
@@ -389,7 +390,8 @@ def _prepare_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_
     gx = _empty_like(h, x_dtype) if need_gx else None
     gsc = _empty_like(h, sc_dtype) if write_gsc else None
     # sized for the smallest block any launch may use: a larger block leaves the tail at zero
-    gp_partial = torch.zeros(triton_cdiv(n, min_block), dtype=cd, device=h.device) if has_dp else None
+    gp_partial = (torch.zeros(triton_cdiv(n, min_block) * spec.charge.dp_rows, dtype=cd, device=h.device)
+                  if has_dp else None)
     unused = torch.empty(1, dtype=cd, device=h.device)
     args = (grad_out, x if needs_x else unused, h, shortcut if read_sc else unused, params,
             v0 if v0 is not None else unused, gx if need_gx else unused, gsc if write_gsc else unused,
@@ -410,9 +412,9 @@ def triton_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_th
     shape and strides. ``x`` is read only when ``spec.charge.needs_input_in_backward`` and the
     shortcut only when g's derivatives depend on it (not for ADD); either may be None otherwise.
     ``grad_x`` (``need_gx``) is in ``x_dtype``, ``grad_shortcut`` (``need_gsc`` and g) in
-    ``sc_dtype``; ``grad_params`` (``need_gp``) has params' shape, element 0 the gradient of
-    ``params[0]`` summed over every element and step when the charge has a learnable parameter,
-    zeros otherwise. A gradient that is not needed is None and is not written.
+    ``sc_dtype``; ``grad_params`` (``need_gp``) has params' shape: at the charge's ``learnable``
+    indices the gradient summed over every element and step, zeros elsewhere. A gradient that is not
+    needed is None and is not written.
     """
     (gx, gsc, gp_partial), args, constants = _prepare_backward(
         grad_out, x, h, shortcut, params, v0, spec, v_threshold, v_reset, alpha, need_gx=need_gx,
@@ -429,7 +431,10 @@ def triton_backward(grad_out, x, h, shortcut, params, v0, spec: KernelSpec, v_th
     if need_gp:
         gp = torch.zeros_like(params)
         if gp_partial is not None:
-            gp[:1] = gp_partial.sum(0, keepdim=True)  # a full reduction over every element and step
+            # a full reduction over every element and step, one row per learnable parameter
+            ch = spec.charge
+            sums = gp_partial.view(-1, ch.dp_rows).sum(0)
+            gp[list(ch.learnable)] = sums[:len(ch.learnable)]
     return gx, gsc, gp
 
 

@@ -8,10 +8,13 @@ from torch import nn
 from ..registry import NEURONS
 from .base import BaseNeuron, check_neuron_module, check_tau
 from .charge import IF_CHARGE, LIF_CHARGE, LIF_CHARGE_NO_DECAY_INPUT, ChargeEquation
-from .core import IFNode, LIFNode, PLIFNode
+from ..kernels.derive import charge_from_step
+from .core import IFNode, LIFNode, LTLIFNode, PLIFNode
+from .stepdef import Param, StepFunctionError, StepNeuron
 
-__all__ = ["BaseNeuron", "ChargeEquation", "IFNode", "LIFNode", "PLIFNode", "create_neuron", "check_tau",
-           "IF_CHARGE", "LIF_CHARGE", "LIF_CHARGE_NO_DECAY_INPUT"]
+__all__ = ["BaseNeuron", "ChargeEquation", "IFNode", "LIFNode", "LTLIFNode", "PLIFNode", "create_neuron",
+           "check_tau", "IF_CHARGE", "LIF_CHARGE", "LIF_CHARGE_NO_DECAY_INPUT", "Param", "StepNeuron",
+           "StepFunctionError", "charge_from_step"]
 
 
 def create_neuron(name: str, **kwargs: Any) -> nn.Module:

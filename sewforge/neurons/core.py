@@ -1,4 +1,5 @@
-"""The paper's neurons: IF, LIF and PLIF (Eq. 1-5, Appendix A.1)."""
+"""The paper's neurons: IF, LIF and PLIF (Eq. 1-5, Appendix A.1), and LTLIF (learnable tau and
+threshold), a neuron written as one step function."""
 from __future__ import annotations
 
 import math
@@ -10,8 +11,9 @@ from torch import nn
 from ..registry import NEURONS
 from .base import BaseNeuron, check_tau
 from .charge import IF_CHARGE, LIF_CHARGE, LIF_CHARGE_NO_DECAY_INPUT, ChargeEquation
+from .stepdef import Param, StepNeuron
 
-__all__ = ["IFNode", "LIFNode", "PLIFNode"]
+__all__ = ["IFNode", "LIFNode", "PLIFNode", "LTLIFNode"]
 
 
 @NEURONS.register("IF", description="integrate-and-fire: H = V + X")
@@ -73,3 +75,18 @@ class PLIFNode(BaseNeuron):
     def extra_repr(self) -> str:
         return f"init_tau={1.0 / torch.sigmoid(self.w.detach()).item():.4g}, decay_input={self.decay_input}, " \
                + super().extra_repr()
+
+
+# Not in the registry yet (the registry's listing is pinned to the paper's neurons); register it with
+# NEURONS.register("LTLIF")(LTLIFNode) to use it by name.
+class LTLIFNode(StepNeuron):
+    """LIF with a learnable decay ``k = 1/tau`` and a learnable threshold ``theta``, one of each per
+    layer. The potential is measured in units of the threshold, so the neuron fires at
+    ``v_threshold`` (1 by default) and a hard reset returns to ``v_reset * theta`` in input units;
+    with ``v_reset=0`` or a soft reset this is exactly a LIF neuron of threshold ``theta``."""
+
+    params = {"k": Param(0.5, learnable=True), "theta": Param(1.0, learnable=True)}
+
+    @staticmethod
+    def step(v, x, p):
+        return v + (x / p.theta - (v - p.v_rest)) * p.k

@@ -1,7 +1,8 @@
 """A sewforge plugin: the quadratic integrate-and-fire neuron and the fast-sigmoid surrogate.
 
-Both are defined only by their equations (PyTorch, Triton and C expressions); sewforge composes
-them into its fused GPU and CPU kernels with any surrogate, reset mode and SEW function. After ``pip install``:
+The neuron is one step function: sewforge derives its PyTorch, C and Triton forms and their
+derivatives, and composes them into its fused GPU and CPU kernels with any surrogate, reset mode
+and SEW function. The surrogate is its derivative in PyTorch, Triton and C. After ``pip install``:
 
     >>> import sewforge
     >>> sewforge.create_neuron("QIF", tau=2.0, a0=1.0, v_c=0.8)
@@ -13,7 +14,7 @@ import math
 import torch
 
 from sewforge._triton import jit, tl  # tl is None without Triton; the interpreter needs it here
-from sewforge.neurons import BaseNeuron, ChargeEquation, check_tau
+from sewforge.neurons import BaseNeuron, ChargeEquation, charge_from_step, check_tau
 from sewforge.registry import NEURONS, SURROGATES
 from sewforge.surrogates import Surrogate
 
@@ -21,39 +22,12 @@ __all__ = ["QIFNode", "FastSigmoid", "QIF_CHARGE"]
 __version__ = "0.1.0"
 
 
-# H = V + (X + a0 (V - V_rest)(V - V_c)) / tau ; params P = [1/tau, a0, V_c]
-@jit
-def _qif_charge(v, x, P, v_rest):
-    k = tl.load(P)
-    a0 = tl.load(P + 1)
-    v_c = tl.load(P + 2)
-    return v + (x + a0 * (v - v_rest) * (v - v_c)) * k
+def quadratic_integrate_and_fire(v, x, p):
+    # k = 1 / tau; the neuron's kernels and gradients are derived from this one function
+    return v + (x + p.a0 * (v - p.v_rest) * (v - p.v_c)) * p.k
 
 
-@jit
-def _qif_dh_dv(v, x, h, P, v_rest):
-    k = tl.load(P)
-    a0 = tl.load(P + 1)
-    v_c = tl.load(P + 2)
-    return 1.0 + a0 * k * (2.0 * v - v_rest - v_c)
-
-
-@jit
-def _qif_dh_dx(v, x, h, P, v_rest):
-    return v * 0.0 + tl.load(P)
-
-
-QIF_CHARGE = ChargeEquation(
-    name="QIF",
-    torch_charge=lambda v, x, p, v_rest: v + (x + p[1] * (v - v_rest) * (v - p[2])) * p[0],
-    triton_charge=_qif_charge,
-    triton_dh_dv=_qif_dh_dv,
-    triton_dh_dx=_qif_dh_dx,
-    num_params=3,
-    c_charge="v + (x + p1 * (v - v_rest) * (v - p2)) * p0",
-    c_dh_dv="1 + p1 * p0 * (2 * v - v_rest - p2)",
-    c_dh_dx="p0",
-)
+QIF_CHARGE = charge_from_step(quadratic_integrate_and_fire, params=("k", "a0", "v_c"), learnable=(), name="QIF")
 
 
 @NEURONS.register("QIF", description="quadratic integrate-and-fire: H = V + (X + a0 (V - V_rest)(V - V_c)) / tau")
