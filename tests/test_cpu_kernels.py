@@ -230,9 +230,15 @@ def test_a_forked_child_runs_the_threaded_kernel():
             got = pool.apply_async(_spikes_in_child, (x,)).get(timeout=60)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(got, expect)
+    assert got == _digest(expect)
+
+
+def _digest(t):
+    import hashlib
+
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()
 
 
 def _spikes_in_child(x):
     torch.set_num_threads(2)
-    return sewforge.create_neuron("LIF", backend="cpu")(x)
+    return _digest(sewforge.create_neuron("LIF", backend="cpu")(x))  # plain bytes back, no shared tensor
