@@ -48,9 +48,9 @@ def test_image_resnet_table_per_block(capsys):
     code, out, _ = run(capsys, "sew_resnet18", "--input", "3x32x32", "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["spec"] is None and data["model"] == "sew_resnet18"
-    assert data["total_params"] == 11_689_512
-    blocks = [row for row in data["layers"] if row["token"].startswith("layer")]
+    assert data["spec"].startswith("c64k7s2-BN-IF-MPk3s2p1-SEW(c64)") and data["model"] == "sew_resnet18"
+    assert data["total_params"] == 11_689_512  # torchvision's resnet18
+    blocks = [row for row in data["layers"] if row["token"].startswith("SEW")]
     assert len(blocks) == 8 and blocks[-1]["output_shape"] == [512, 1, 1]
     assert data["layers"][-1]["output_shape"] == [1000]
     code, out, _ = run(capsys, "sew_resnet18", "--input", "2x32x32", "--json")  # event frames: 2-channel stem

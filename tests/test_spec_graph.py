@@ -188,8 +188,12 @@ def test_forward_input_checks():
     net = build(SMALL, (2, 16, 16))
     with pytest.raises(ValueError, match="static input"):
         net(torch.zeros(2, 2, 16, 16))
-    with pytest.raises(ValueError, match="built for inputs"):
-        net(torch.zeros(2, 2, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"built for inputs \[T, B, 2, H, W\]"):
+        net(torch.zeros(2, 2, 3, 16, 16))
+    assert net(torch.zeros(2, 2, 2, 8, 8)).shape == (2, 5)  # after GAP any H, W runs
+    fixed = build("c8k3s1-BN-PLIF-FC5", (2, 16, 16))  # without GAP the FC fixes H, W
+    with pytest.raises(ValueError, match=r"built for inputs \[T, B, 2, 16, 16\]"):
+        fixed(torch.zeros(2, 2, 2, 8, 8))
     assert net.T is None and net.input_shape == (2, 16, 16) and net.num_classes == 5
 
 
