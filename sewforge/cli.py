@@ -22,7 +22,7 @@ COMMANDS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="sewforge", description="Deep spiking residual networks (SEW ResNet).")
     parser.add_argument("--version", action="version", version=f"sewforge {__version__}")
