@@ -18,6 +18,7 @@ COMMANDS = {
     "convert": ("convert", "convert SpikingJelly or 2021 SEW checkpoints into sewforge checkpoints"),
     "export": ("export", "export a network to NIR (the Neuromorphic Intermediate Representation)"),
     "list": ("listing", "list registered neurons, surrogates, element-wise functions, blocks, models"),
+    "bench": ("bench", "benchmarks against SpikingJelly 2.0: neurons, step, compile, gpu-check"),
 }
 
 

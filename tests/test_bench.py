@@ -8,7 +8,12 @@ import torch
 
 import sewforge
 from sewforge.bench import common, neurons, step
-from sewforge.bench.cli import main
+from sewforge.cli import main as sewforge_main
+
+
+def main(argv):
+    """``sewforge bench ARGV`` in-process."""
+    return sewforge_main(["bench", *argv])
 
 sj_installed = pytest.mark.skipif(not common.has_spikingjelly(), reason="spikingjelly not installed")
 
@@ -143,3 +148,21 @@ def test_gpu_check_dry_run_reports_every_section(tmp_path):
     assert all(r["status"] in ("PASS", "FAIL", "SKIPPED (over budget)") for r in results.values())
     assert rc == (0 if all(r["status"] == "PASS" for r in results.values()) else 1)
     assert results["a"]["status"] == "PASS", results["a"]["note"]
+
+
+def test_sewforge_bench_and_python_m_sewforge_bench_are_one_command(capsys):
+    """``python -m sewforge.bench`` goes through the one ``sewforge`` dispatcher: same parser,
+    same suites, same exit status."""
+    import subprocess
+    import sys
+
+    env = common.subprocess_env()
+    with pytest.raises(SystemExit) as info:
+        main(["neurons", "--help"])
+    assert info.value.code == 0
+    in_process = capsys.readouterr().out
+    proc = subprocess.run([sys.executable, "-m", "sewforge.bench", "neurons", "--help"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == in_process
+    assert in_process.startswith("usage: sewforge bench neurons")
+    assert main([]) == 2 and "name a suite: neurons, step, compile, gpu-check" in capsys.readouterr().out
