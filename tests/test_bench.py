@@ -125,6 +125,29 @@ def test_step_benchmark_compares_equal_networks(tmp_path):
     assert [(k, r) for _, k, r in data["order"]] == [(k, r) for r in range(2) for k in impls]
 
 
+@sj_installed
+def test_step_benchmark_times_the_same_function_in_both_frameworks(tmp_path):
+    """The two networks the step benchmark times compute the same logits once they hold the same
+    weights (SpikingJelly's weights converted by sewforge.interop): the timings compare equal work."""
+    from sewforge.interop import convert_state_dict
+
+    torch.manual_seed(0)
+    cfg = dict(step.MODELS["sew_resnet18"], T=2, batch=2, size=32, classes=10, model="sew_resnet18")
+    theirs, forward, label, _ = step.build("spikingjelly", cfg, torch.device("cpu"))
+    assert label.startswith("spikingjelly 2.0")
+    path = tmp_path / "sj.pth"
+    torch.save(theirs.state_dict(), path)
+    ours = convert_state_dict(path, "sew_resnet18", g="ADD", T=2).model
+    theirs.eval()
+    ours.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = forward(x)
+        got = ours(x)
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_gpu_check_without_cuda_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     report = tmp_path / "r.md"
