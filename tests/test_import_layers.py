@@ -2,7 +2,7 @@
 
 The layers, lowest first (a module may import from its own subpackage and from any layer below):
 
-    utilities   registry, _triton, fileio, memory, _version, then layers (T*B folding, which uses memory)
+    utilities   registry, _triton, fileio, memory, _version, then layers (T*B folding) and jit (public Triton helpers)
     surrogates, elementwise      the element-wise functions of the kernels
     kernels -> neurons -> blocks -> spec (parser, graph, builder) -> models (the zoo)
     data                         data sets and data transforms
@@ -29,7 +29,7 @@ ROOT = Path(sewforge.__file__).parent
 
 RANKS = {
     "registry": 0, "_triton": 0, "fileio": 0, "memory": 0, "_version": 0,
-    "layers": 1,
+    "layers": 1, "jit": 1,
     "surrogates": 2, "elementwise": 2,
     "kernels": 3, "neurons": 4, "blocks": 5, "spec": 6, "models": 7,
     "data": 8, "train": 9,
@@ -116,3 +116,17 @@ def test_the_walker_sees_relative_lazy_and_package_imports(tmp_path):
     found = [t for _, t in _imports(src)]
     assert "sewforge.registry" in found and "sewforge.spec" in found
     assert _rank("sewforge") == PACKAGE_RANK and _rank("sewforge.kernels.ops") == RANKS["kernels"]
+
+
+def test_plugin_authors_find_everything_in_public_modules():
+    """What CONTRIBUTING's recipes and the example plugin need is exported by public modules."""
+    from sewforge.jit import HAS_TRITON, jit, tl  # noqa: F401
+    from sewforge.neurons import BaseNeuron, ChargeEquation, check_tau  # noqa: F401
+    from sewforge.registry import NEURONS, SURROGATES  # noqa: F401
+    from sewforge.surrogates import Surrogate  # noqa: F401
+
+    @jit
+    def double(x):
+        return 2 * x
+
+    assert callable(double)
