@@ -21,9 +21,10 @@ from .kernels import multistep_neuron
 from .kernels.layout import tune_cpu_allocator
 from .spec import SpecError, build
 from .models import create_model
+from . import interop  # noqa: F401  (installs the reader behind create_model(pretrained=...))
 from . import data  # registers the data sets
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "BLOCKS", "DATASETS", "ELEMENTWISE", "MODELS", "NEURONS", "SURROGATES", "Registry", "plugin_errors",

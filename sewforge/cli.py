@@ -18,11 +18,12 @@ COMMANDS = {
     "convert": ("convert", "convert SpikingJelly or 2021 SEW checkpoints into sewforge checkpoints"),
     "export": ("export", "export a network to NIR (the Neuromorphic Intermediate Representation)"),
     "list": ("listing", "list registered neurons, surrogates, element-wise functions, blocks, models"),
+    "bench": ("bench", "benchmarks against SpikingJelly 2.0: neurons, step, compile, gpu-check"),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="sewforge", description="Deep spiking residual networks (SEW ResNet).")
     parser.add_argument("--version", action="version", version=f"sewforge {__version__}")

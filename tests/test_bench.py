@@ -8,7 +8,12 @@ import torch
 
 import sewforge
 from sewforge.bench import common, neurons, step
-from sewforge.bench.cli import main
+from sewforge.cli import main as sewforge_main
+
+
+def main(argv):
+    """``sewforge bench ARGV`` in-process."""
+    return sewforge_main(["bench", *argv])
 
 sj_installed = pytest.mark.skipif(not common.has_spikingjelly(), reason="spikingjelly not installed")
 
@@ -120,6 +125,29 @@ def test_step_benchmark_compares_equal_networks(tmp_path):
     assert [(k, r) for _, k, r in data["order"]] == [(k, r) for r in range(2) for k in impls]
 
 
+@sj_installed
+def test_step_benchmark_times_the_same_function_in_both_frameworks(tmp_path):
+    """The two networks the step benchmark times compute the same logits once they hold the same
+    weights (SpikingJelly's weights converted by sewforge.interop): the timings compare equal work."""
+    from sewforge.interop import convert_state_dict
+
+    torch.manual_seed(0)
+    cfg = dict(step.MODELS["sew_resnet18"], T=2, batch=2, size=32, classes=10, model="sew_resnet18")
+    theirs, forward, label, _ = step.build("spikingjelly", cfg, torch.device("cpu"))
+    assert label.startswith("spikingjelly 2.0")
+    path = tmp_path / "sj.pth"
+    torch.save(theirs.state_dict(), path)
+    ours = convert_state_dict(path, "sew_resnet18", g="ADD", T=2).model
+    theirs.eval()
+    ours.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = forward(x)
+        got = ours(x)
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_gpu_check_without_cuda_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     report = tmp_path / "r.md"
@@ -143,3 +171,21 @@ def test_gpu_check_dry_run_reports_every_section(tmp_path):
     assert all(r["status"] in ("PASS", "FAIL", "SKIPPED (over budget)") for r in results.values())
     assert rc == (0 if all(r["status"] == "PASS" for r in results.values()) else 1)
     assert results["a"]["status"] == "PASS", results["a"]["note"]
+
+
+def test_sewforge_bench_and_python_m_sewforge_bench_are_one_command(capsys):
+    """``python -m sewforge.bench`` goes through the one ``sewforge`` dispatcher: same parser,
+    same suites, same exit status."""
+    import subprocess
+    import sys
+
+    env = common.subprocess_env()
+    with pytest.raises(SystemExit) as info:
+        main(["neurons", "--help"])
+    assert info.value.code == 0
+    in_process = capsys.readouterr().out
+    proc = subprocess.run([sys.executable, "-m", "sewforge.bench", "neurons", "--help"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == in_process
+    assert in_process.startswith("usage: sewforge bench neurons")
+    assert main([]) == 2 and "name a suite: neurons, step, compile, gpu-check" in capsys.readouterr().out

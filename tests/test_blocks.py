@@ -83,16 +83,78 @@ def test_spiking_resnet_downsample_has_no_neuron_and_adds_before_the_last_neuron
     assert isinstance(block.downsample, nn.Sequential) and len(block.downsample) == 2
     assert not any(isinstance(m, sewforge.BaseNeuron) for m in block.downsample.modules())
     assert block.downsample_sn is None
-    x = spikes(2, 2, 4, 6, 6)
-    pre = block.residual(x) + seq_fold(block.downsample, x)
-    assert torch.equal(block(x), block.sn_last(pre))
 
 
 def test_plain_block_has_no_shortcut():
     block = PlainBlock(4, 8, 2, neuron=IF)
     assert block.downsample is None
-    x = spikes(2, 2, 4, 6, 6)
-    assert torch.equal(block(x), block.sn2(block.residual(x)))
+
+
+# ---- forward against the paper's equations, written out independently ----------------------------
+def if_neurons(x, v_th=1.0):
+    """IF, Eqs. (1)-(3) with a hard reset to 0: H[t] = V[t-1] + X[t], S[t] = (H[t] >= V_th),
+    V[t] = H[t] (1 - S[t])."""
+    v, out = torch.zeros_like(x[0]), []
+    for step in x:
+        h = v + step
+        s = (h >= v_th).to(x.dtype)
+        v = h * (1 - s)
+        out.append(s)
+    return torch.stack(out)
+
+
+def conv_bn_eval(conv, bn, x):
+    """Convolution and inference-mode batch norm on every step of ``[T, B, C, H, W]``."""
+    y = torch.stack([nn.functional.conv2d(step, conv.weight, None, conv.stride, conv.padding) for step in x])
+    shape = (-1, 1, 1)
+    return ((y - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+            * bn.weight.view(shape) + bn.bias.view(shape))
+
+
+G = {"ADD": lambda a, s: a + s, "AND": lambda a, s: a * s, "IAND": lambda a, s: (1 - a) * s}
+
+
+def randomise_bn(block, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=gen, dtype=m.weight.dtype) + 0.5
+            m.bias.data = torch.rand(n, generator=gen, dtype=m.bias.dtype) * 1.5 - 0.25
+            m.running_mean.data = torch.randn(n, generator=gen, dtype=m.running_mean.dtype) * 0.1
+            m.running_var.data = torch.rand(n, generator=gen, dtype=m.running_var.dtype) + 0.5
+
+
+@pytest.mark.parametrize("stride, cout", [(1, 4), (2, 8)])
+@pytest.mark.parametrize("kind", ["SEW-ADD", "SEW-AND", "SEW-IAND", "SpikingResNet", "Plain"])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_basic_blocks_compute_the_equations_of_fig1_and_fig2(kind, stride, cout, fuse):
+    """SEW: O = g(SN(BN(conv(SN(BN(conv(S)))))), S') with S' = S or SN(BN(conv1x1(S))) (Fig. 2b);
+    Spiking ResNet: O = SN(F(S) + BN(conv1x1(S))) (Fig. 2a); plain: O = SN(F(S)). Checked
+    against the equations written out here, with the IF neuron of Eqs. (1)-(3)."""
+    torch.manual_seed(0)
+    name, _, g = kind.partition("-")
+    cls = sewforge.BLOCKS.get(name)
+    block = (cls(4, cout, stride, neuron=IF, g=g, fuse=fuse) if g else cls(4, cout, stride, neuron=IF)).double()
+    randomise_bn(block, seed=stride + cout)
+    block.eval()
+    x = spikes(3, 2, 4, 6, 6, p=0.5).double()
+    inner = if_neurons(conv_bn_eval(block.conv1, block.bn1, x))
+    residual = conv_bn_eval(block.conv2, block.bn2, inner)
+    shortcut = x if block.downsample is None else conv_bn_eval(block.downsample[0], block.downsample[1], x)
+    if name == "SEW":
+        if block.downsample is not None:
+            shortcut = if_neurons(shortcut)
+        a = if_neurons(residual)
+        assert 0 < a.mean() < 1  # the check is not vacuous
+        want = G[g](a, shortcut)
+    elif name == "SpikingResNet":
+        want = if_neurons(residual + shortcut)
+    else:
+        want = if_neurons(residual)
+    with torch.no_grad():
+        got = block(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_bottleneck_is_torchvision_v15_layout():
@@ -129,12 +191,15 @@ class _Heaviside(nn.Module):
 
 @pytest.mark.parametrize("g", ["ADD", "AND"])
 def test_a_plain_neuron_module_runs_unfused_even_with_fuse_on(g):
-    block = SEWBlock(4, 4, neuron=_Heaviside, g=g)
+    block = SEWBlock(4, 4, neuron=_Heaviside, g=g).double()
     assert block.fuse
-    x = spikes(3, 2, 4, 5, 5)
+    randomise_bn(block, seed=5)
+    block.eval()
+    x = spikes(3, 2, 4, 5, 5).double()
+    heaviside = lambda t: (t >= 1).double()  # noqa: E731
+    a = heaviside(conv_bn_eval(block.conv2, block.bn2, heaviside(conv_bn_eval(block.conv1, block.bn1, x))))
     with torch.no_grad():
-        a = block.sn_last(block.residual(x))
-        assert torch.equal(block(x), block.g(a, x))
+        assert torch.equal(block(x), G[g](a, x))
 
 
 def test_zero_init_and_needs_a_neuron_with_firing_input():

@@ -44,13 +44,28 @@ def test_spec_with_overrides_and_json(capsys):
     assert data["macs_per_step"] == sum(row["macs"] for row in data["layers"]) > 0
 
 
+def test_spec_without_input_is_built_for_the_papers_dvs_frames(capsys):
+    code, out, _ = run(capsys, "c32k3s1-BN-PLIF-<SEW-MPk2s2>*7-FC11")
+    assert code == 0
+    assert "no --input given: built for the paper's DVS frames 2x128x128" in out
+    assert "input 2x128x128" in out
+    # 7 halvings of 128 leave 1x1; params: stem conv+BN+PLIF, 7 SEW blocks of two 3x3 convs + BNs, FC
+    stem = 2 * 32 * 9 + 2 * 32 + 1
+    sew = 2 * (32 * 32 * 9 + 2 * 32) + 2
+    assert f"{stem + 7 * sew + 32 * 11 + 11:,}" in out
+    code, out, err = run(capsys, "c8k3s1-BN-IF-FC4", "--json")
+    assert code == 0 and json.loads(out)["input_shape"] == [2, 128, 128] and "2x128x128" in err
+    code, out, _ = run(capsys, "c8k3s1-BN-IF-FC4", "--input", "2x16x16", "--json")
+    assert code == 0 and json.loads(out)["input_shape"] == [2, 16, 16]
+
+
 def test_image_resnet_table_per_block(capsys):
     code, out, _ = run(capsys, "sew_resnet18", "--input", "3x32x32", "--json")
     assert code == 0
     data = json.loads(out)
-    assert data["spec"] is None and data["model"] == "sew_resnet18"
-    assert data["total_params"] == 11_689_512
-    blocks = [row for row in data["layers"] if row["token"].startswith("layer")]
+    assert data["spec"].startswith("c64k7s2-BN-IF-MPk3s2p1-SEW(c64)") and data["model"] == "sew_resnet18"
+    assert data["total_params"] == 11_689_512  # torchvision's resnet18
+    blocks = [row for row in data["layers"] if row["token"].startswith("SEW")]
     assert len(blocks) == 8 and blocks[-1]["output_shape"] == [512, 1, 1]
     assert data["layers"][-1]["output_shape"] == [1000]
     code, out, _ = run(capsys, "sew_resnet18", "--input", "2x32x32", "--json")  # event frames: 2-channel stem
@@ -61,7 +76,6 @@ def test_image_resnet_table_per_block(capsys):
     (["c32k3s1-BN-PLFI-FC10", "--input", "2x32x32"], "did you mean 'PLIF'"),
     (["c32k3s1-BN-PLIF-{SEW-MPk2s2}*7-FC10", "--input", "2x32x32"], "MPk2s2: the input (32x1x1) is smaller"),
     (["c32k3s1-BN-PLIF-FC0", "--input", "2x32x32"], "FC0"),
-    (["c32k3s1-BN-PLIF-FC10"], "--input CxHxW is required"),
     (["c32k3s1-BN-PLIF-FC10", "--input", "2x32"], "expected CxHxW"),
     (["plain7b_gesture", "--g", "AND"], "applies to SEW blocks"),
     (["sew7b_gesture", "--neuron", "PLFI"], "unknown neuron"),

@@ -9,7 +9,7 @@ from torch import nn
 import sewforge
 from sewforge.blocks import SEWBlock
 from sewforge.layers import repeat_steps, seq_fold, steps_channels_last
-from sewforge.models.resnet import ResNet
+from sewforge.models.resnet import build_resnet, resnet_spec
 from sewforge.neurons import BaseNeuron
 from sewforge.spec import SpecError
 
@@ -115,8 +115,9 @@ def test_whole_7b_net_in_channels_last_equals_the_contiguous_network():
 
 def test_static_image_resnet_in_channels_last_equals_the_contiguous_network():
     torch.manual_seed(0)
-    dense = ResNet("SEW", [1, 1, 1, 1], num_classes=5, T=2, input_shape=(3, 32, 32)).double()
-    cl = ResNet("SEW", [1, 1, 1, 1], num_classes=5, T=2, input_shape=(3, 32, 32), channels_last=True).double()
+    dense = build_resnet(resnet_spec("SEW", (1, 1, 1, 1), 5), T=2, input_shape=(3, 32, 32)).double()
+    cl = build_resnet(resnet_spec("SEW", (1, 1, 1, 1), 5), T=2, input_shape=(3, 32, 32),
+                      channels_last=True).double()
     cl.load_state_dict(dense.state_dict())
     layouts = record_layouts(cl)
     for x in (torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.randn(2, 2, 3, 32, 32, dtype=torch.float64)):
@@ -146,5 +147,8 @@ def test_neurons_keep_channels_last_through_a_sew_block_and_the_network():
                                                                or per_step_channels_last(o)))
     net(torch.rand(2, 1, 2, 128, 128).lt(0.1).float())
     assert kept and all(kept), kept
-    resnet = ResNet("SEW", [1, 1, 1, 1], num_classes=5, T=2, input_shape=(3, 32, 32), channels_last=True)
-    assert per_step_channels_last(resnet.stem(torch.randn(2, 3, 32, 32)))
+    resnet = build_resnet(resnet_spec("SEW", (1, 1, 1, 1), 5), T=2, input_shape=(3, 32, 32), channels_last=True)
+    stem = []
+    resnet.blocks()[0].register_forward_pre_hook(lambda m, args: stem.append(args[0]))
+    resnet(torch.randn(2, 3, 32, 32))
+    assert per_step_channels_last(stem[0])

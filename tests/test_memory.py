@@ -14,7 +14,7 @@ import sewforge
 from sewforge.blocks import SEWBlock
 from sewforge.memory import (MEMORY_MODES, PackedSpikes, compact_spikes, mark_spikes, pack_saved, recompute,
                              spike_kind, unpack_saved)
-from sewforge.models.resnet import ResNet
+from sewforge.models.resnet import build_resnet, resnet_spec
 from sewforge.neurons import BaseNeuron, IFNode
 from sewforge.spec import SpecError
 
@@ -236,7 +236,7 @@ def test_recompute_gives_the_same_gradients_and_bn_statistics_as_no_recompute(g)
 
 def test_recompute_in_the_imagenet_resnet_and_on_a_static_image():
     torch.manual_seed(0)
-    net = marking(ResNet("SEW", [1, 1, 1, 1], num_classes=7, T=2, input_shape=(3, 32, 32)))
+    net = marking(build_resnet(resnet_spec("SEW", (1, 1, 1, 1), 7), T=2, input_shape=(3, 32, 32)))
     x = torch.randn(2, 3, 32, 32)
     dense = _run(net, x, "dense")
     again = _run(net, x, "recompute")

@@ -1,4 +1,9 @@
-"""SEW ResNet and Spiking ResNet for images: layout, parameter counts, input forms, options."""
+"""SEW ResNet and Spiking ResNet for images: layout, parameter counts, input forms, options.
+
+The oracle for the layout is torchvision's own ResNets (parameter counts, state-dict names and
+shapes, strides) and, for the initialisation, the Kaiming fan-out formula.
+"""
+import math
 import re
 
 import pytest
@@ -9,6 +14,8 @@ from torch import nn
 import sewforge
 import sewforge.models.resnet as resnet
 from sewforge.blocks import SEWBottleneck, SpikingResNetBlock, unfused
+from sewforge.models.resnet import build_resnet, resnet_spec
+from sewforge.spec import SpecError, SpecNet
 
 DEPTHS = [18, 34, 50, 101, 152]
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
@@ -30,6 +37,16 @@ def test_all_image_resnets_are_registered_in_natural_order():
         entry = sewforge.MODELS.entry(name)
         assert entry.meta("params") == TORCHVISION_PARAMS[int(name.split("resnet")[1])]
         assert entry.meta("input_shape") == (3, 224, 224) and entry.description
+
+
+def test_image_resnets_are_spec_networks_with_torchvision_names():
+    with torch.device("meta"):
+        model = sewforge.create_model("sew_resnet18")
+    assert isinstance(model, SpecNet)
+    assert model.layer_names()[:4] == ["conv1", "bn1", "sn1", "maxpool"]
+    assert model.layer_names()[-2:] == ["avgpool", "fc"]
+    assert model.layer_names()[4:-2] == [f"layer{s}.{i}" for s in (1, 2, 3, 4) for i in (0, 1)]
+    assert model.get_submodule("layer2.0.downsample.0") is model.blocks()[2].downsample[0]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -84,6 +101,37 @@ def test_options_reach_every_block_and_neuron():
     assert count(model) == TORCHVISION_PARAMS[34] - 1000 * 513 + 10 * 513 + len(neurons)  # fc, one w per PLIF
 
 
+def test_torchvision_initialisation():
+    """Kaiming fan-out normal convolutions (std = sqrt(2 / fan_out)), BN weight 1 and bias 0."""
+    torch.manual_seed(0)
+    model = resnet.sew_resnet18(num_classes=10)
+    for name in ("conv1", "layer3.0.conv1", "layer4.1.conv2"):
+        w = model.get_submodule(name).weight
+        fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+        assert w.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.05)
+        assert abs(w.mean().item()) < 0.1 * math.sqrt(2.0 / fan_out)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all((b.weight == 1).all() and (b.bias == 0).all() for b in bns)
+
+
+def test_reset_classifier_and_features_and_head():
+    torch.manual_seed(0)
+    model = resnet.sew_resnet18(num_classes=10, T=2).eval()
+    x = small_images()
+    features = model.forward_features(x)
+    assert features.shape == (2, 2, 512, 1, 1)
+    with torch.no_grad():
+        expected = model.fc(features.flatten(2).mean(0))  # FC of the mean over T of the pooled map
+    torch.testing.assert_close(model.forward_head(features), expected)
+    torch.testing.assert_close(model(x), expected)
+    model.reset_classifier(3)
+    assert model.num_classes == 3 and model.fc.out_features == 3 and model.get_classifier() is model.fc
+    assert "fc.weight" in model.state_dict() and model.state_dict()["fc.weight"].shape == (3, 512)
+    assert model(x).shape == (2, 3)
+    with pytest.raises(SpecError, match="positive integer"):
+        model.reset_classifier(0)
+
+
 def test_input_shape_sets_the_stem_channels():
     model = resnet.sew_resnet18(num_classes=10, input_shape=(1, 28, 28))
     assert model.input_shape == (1, 28, 28) and model.conv1.in_channels == 1
@@ -103,21 +151,21 @@ def test_fuse_switch_on_the_model():
 
 
 def test_spiking_resnet_rejects_a_sew_function():
-    with pytest.raises(ValueError, match="g='AND'.*SEW blocks only"):
+    with pytest.raises(ValueError, match="g='AND'.*applies to SEW blocks"):
         resnet.spiking_resnet18(g="AND")
 
 
 def test_bad_arguments_are_reported():
-    with pytest.raises(ValueError, match="T must be a positive integer"):
+    with pytest.raises(ValueError, match="T=0: the number of time steps must be a positive integer"):
         resnet.sew_resnet18(T=0)
-    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+    with pytest.raises(ValueError, match="num_classes"):
         resnet.sew_resnet18(num_classes=0)
-    with pytest.raises(KeyError, match="unknown neuron 'PLF'"):
+    with pytest.raises(SpecError, match="unknown neuron"):
         resnet.sew_resnet18(neuron="PLF")
     with pytest.raises(ValueError, match="4 positive block counts"):
-        resnet.ResNet("SEW", [2, 2, 2])
+        resnet_spec("SEW", [2, 2, 2])
     with pytest.raises(KeyError, match="unknown block"):
-        resnet.ResNet("SEWW", [1, 1, 1, 1])
+        resnet_spec("SEWW", [1, 1, 1, 1])
 
 
 def test_static_and_sequence_inputs_give_the_same_logits():
@@ -139,9 +187,9 @@ def test_sequence_input_may_have_its_own_length():
 
 def test_input_errors():
     model = resnet.sew_resnet18(num_classes=3)
-    with pytest.raises(ValueError, match="has 1 channels.*expects 3"):
+    with pytest.raises(ValueError, match=r"built for inputs \[T, B, 3, H, W\] or \[B, 3, H, W\], got \[2, 1, 32, 32\]"):
         model(torch.zeros(2, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"\[B, C, H, W\] or a sequence"):
+    with pytest.raises(ValueError, match=r"got \[3, 32, 32\]"):
         model(torch.zeros(3, 32, 32))
 
 
@@ -157,7 +205,7 @@ def test_stem_runs_once_on_static_images():
 @pytest.mark.parametrize("g", ["ADD", "IAND", "AND"])
 @pytest.mark.parametrize("block", ["SEW", "SEWBottleneck"])
 def test_zero_init_survives_the_model_initialisation(g, block):
-    model = resnet.ResNet(block, [1, 2, 1, 1], num_classes=10, g=g, neuron="LIF", zero_init=True)
+    model = build_resnet(resnet_spec(block, [1, 2, 1, 1], 10), g=g, neuron="LIF", zero_init=True)
     for b in model.blocks():
         assert b.zero_init and (b.last_bn.weight == 0).all()
         assert (b.last_bn.bias == (b.sn_last.firing_input() if g == "AND" else 0.0)).all()
@@ -169,7 +217,7 @@ def test_zero_init_stage_without_downsample_is_identity():
     model = resnet.sew_resnet18(num_classes=3, T=2, g="AND", zero_init=True)
     seen = {}
     model.maxpool.register_forward_hook(lambda m, i, o: seen.setdefault("stem", o))
-    model.layer1.register_forward_hook(lambda m, i, o: seen.setdefault("layer1", o))
+    model.layer1[-1].register_forward_hook(lambda m, i, o: seen.setdefault("layer1", o))
     model(small_images())
     assert seen["stem"].shape == (4, 64, 8, 8)  # the folded pool sees T*B
     assert torch.equal(seen["layer1"], seen["stem"].unflatten(0, (2, 2)))

@@ -27,7 +27,7 @@ def test_shapes_parameters_and_macs_per_node():
     assert graph.total_params == sum(p.numel() for p in build(SMALL, (2, 16, 16)).parameters())
     sew_macs = 16 * 4 * 4 * (8 * 9) + 16 * 4 * 4 * (16 * 9) + 16 * 4 * 4 * 8
     assert [n.macs for n in graph] == [8 * 16 * 16 * 2 * 9, 0, 0, 0, sew_macs, 0, 16 * 5]
-    assert graph.total_macs == sum(n.macs for n in graph)
+    assert graph.total_macs == 8 * 16 * 16 * 2 * 9 + sew_macs + 16 * 5
     assert graph.to_dict()["total_params"] == graph.total_params
 
 
@@ -188,8 +188,12 @@ def test_forward_input_checks():
     net = build(SMALL, (2, 16, 16))
     with pytest.raises(ValueError, match="static input"):
         net(torch.zeros(2, 2, 16, 16))
-    with pytest.raises(ValueError, match="built for inputs"):
-        net(torch.zeros(2, 2, 2, 8, 8))
+    with pytest.raises(ValueError, match=r"built for inputs \[T, B, 2, H, W\]"):
+        net(torch.zeros(2, 2, 3, 16, 16))
+    assert net(torch.zeros(2, 2, 2, 8, 8)).shape == (2, 5)  # after GAP any H, W runs
+    fixed = build("c8k3s1-BN-PLIF-FC5", (2, 16, 16))  # without GAP the FC fixes H, W
+    with pytest.raises(ValueError, match=r"built for inputs \[T, B, 2, 16, 16\]"):
+        fixed(torch.zeros(2, 2, 2, 8, 8))
     assert net.T is None and net.input_shape == (2, 16, 16) and net.num_classes == 5
 
 
@@ -282,3 +286,23 @@ def test_surrogate_override_accepts_instances():
 
     with pytest.raises(SpecError, match="registered surrogate"):
         build("c4k3-BN-IF-FC2", (2, 8, 8), surrogate=Unregistered())
+
+
+def test_features_head_and_classifier_replacement_of_a_spec_network():
+    """forward_features stops before the head; forward_head is FC of the mean over T (Eq. of the
+    readout written out here); reset_classifier swaps the FC and the graph follows."""
+    torch.manual_seed(0)
+    net = build("c4k3s1-BN-PLIF-{SEW(c4)-MPk2s2}*2-FC3", (2, 8, 8), T=2).eval()
+    x = torch.rand(2, 2, 8, 8)
+    with torch.no_grad():
+        features = net.forward_features(x)
+        assert features.shape == (2, 2, 4, 2, 2)
+        fc = net.get_classifier()
+        want = features.flatten(2).mean(0) @ fc.weight.T + fc.bias
+        torch.testing.assert_close(net.forward_head(features), want)
+        torch.testing.assert_close(net(x), want)
+    net.reset_classifier(7)
+    assert net.num_classes == 7 and net.get_classifier().out_features == 7
+    assert net(x).shape == (2, 7) and net.graph.nodes[-1].out_shape == (7,)
+    assert net.to_spec().endswith("FC7") and net.layer_names()[-1] == "layers.7"
+    assert net.state_dict()["layers.7.module.1.weight"].shape == (7, 16)

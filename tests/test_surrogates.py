@@ -33,13 +33,35 @@ def test_primitives_are_smooth_steps(name, x):
         assert -1e-12 <= p[0] <= 1 + 1e-12
 
 
+def atan_slope(x, alpha=2.0):
+    """The paper's ArcTan surrogate (Appendix A.5, as SpikingJelly): sigma(x) = arctan(pi/2 alpha x) / pi
+    + 1/2, so sigma'(x) = (alpha / 2) / (1 + (pi/2 alpha x)^2)."""
+    return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
+
+
 def test_spike_is_heaviside_forward_and_surrogate_backward():
     x = torch.tensor([-1.0, 0.0, 0.5], requires_grad=True)
-    sg = sewforge.create_surrogate("ATan")
-    s = spike(x, sg)
+    s = spike(x, sewforge.create_surrogate("ATan"))
     assert s.tolist() == [0.0, 1.0, 1.0]
     s.sum().backward()
-    assert torch.allclose(x.grad, sg.derivative(x.detach()))
+    # alpha = 2: sigma'(x) = 1 / (1 + (pi x)^2)
+    assert x.grad.tolist() == pytest.approx([1 / (1 + math.pi ** 2), 1.0, 1 / (1 + math.pi ** 2 / 4)], rel=1e-6)
+
+
+def test_spike_backward_matches_spikingjelly():
+    """Another implementation: SpikingJelly 2.0's surrogate functions, same parameters."""
+    from spikingjelly.activation_based import surrogate as sjs
+
+    x = torch.linspace(-2, 2, 41, dtype=torch.float64)
+    for ours, theirs in [(sewforge.create_surrogate("ATan", alpha=2.5), sjs.ATan(alpha=2.5)),
+                         (sewforge.create_surrogate("Sigmoid", alpha=4.0), sjs.Sigmoid(alpha=4.0)),
+                         (sewforge.create_surrogate("PiecewiseQuadratic"), sjs.PiecewiseQuadratic(alpha=1.0))]:
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        sa, sb = spike(a, ours), theirs(b)
+        assert torch.equal(sa, sb)
+        sa.sum().backward()
+        sb.sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_surrogates_compare_by_type_and_parameter():
@@ -79,6 +101,6 @@ def test_derivative_is_the_slope_of_the_primitive(name, x):
 
 def test_spike_backward_keeps_float64_precision():
     x = torch.tensor([0.1, -0.3, 0.7], dtype=torch.float64, requires_grad=True)
-    sg = sewforge.create_surrogate("ATan", alpha=2.1)
-    spike(x, sg).sum().backward()
-    assert torch.allclose(x.grad, sg.derivative(x.detach()), rtol=1e-14, atol=0)
+    spike(x, sewforge.create_surrogate("ATan", alpha=2.1)).sum().backward()
+    want = torch.tensor([atan_slope(v, 2.1) for v in (0.1, -0.3, 0.7)], dtype=torch.float64)
+    assert torch.allclose(x.grad, want, rtol=1e-14, atol=0)

@@ -19,9 +19,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sewforge.train import RecipeError, load_checkpoint, load_recipe, main, recipe_from_dict, recipe_to_dict
+from sewforge.train import RecipeError, load_checkpoint, load_recipe, recipe_from_dict, recipe_to_dict
 from sewforge.train.engine import temporal_delete, time_major
 from sewforge.train.runlog import SUMMARY_COLUMNS
+from sewforge.cli import main as _sewforge_main
+
+
+def main(argv):
+    """``sewforge train ARGV`` (also ``python -m sewforge.train ARGV``) in-process."""
+    return _sewforge_main(["train", *argv])
+
 
 # ---------------------------------------------------------------------------------------------
 # what the runs train: the built-in synthetic data, shrunk, and a SEW network from a spec string;

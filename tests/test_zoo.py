@@ -13,15 +13,28 @@ from sewforge.spec import SpecError, SpecNet, infer, parse
 from sewforge.spec.profile import profile_model
 
 
+#: parameter counts by hand from the printed rows (1x1 stems as in the code, PLIF: one w per neuron):
+#: 7B-Net = stem 2*32 + BN 64 + 1 PLIF, 7 SEW blocks of 2*(32*32*9 + 64) + 2 PLIF, FC 32*11 + 11
+PAPER_PARAMS = {
+    "sew7b_gesture": 2 * 32 + 64 + 1 + 7 * (2 * (32 * 32 * 9 + 64) + 2) + 32 * 11 + 11,
+    "plain7b_gesture": 130_426, "spiking_resnet7b_gesture": 130_426,
+    "wide7b_cifar10dvs": 1_192_218,
+    # 3*32*9 + 64, IF (no parameters), 10 blocks of 2*(32*32*9 + 64), FC 32*10 + 10
+    "sew_cifar10_table9": 3 * 32 * 9 + 64 + 10 * 2 * (32 * 32 * 9 + 64) + 32 * 10 + 10,
+    "spiking_resnet_cifar10_table9": 186_858,
+}
+
+
 @pytest.mark.parametrize("name", sorted(ZOO_SPECS))
 def test_zoo_models_match_their_spec_and_parameter_count(name):
     spec, paper_spec, input_shape, T, params = ZOO_SPECS[name]
+    assert PAPER_PARAMS["sew7b_gesture"] == 130_426 and PAPER_PARAMS["sew_cifar10_table9"] == 186_858
     entry = MODELS.entry(name)
-    assert entry.meta("spec") == spec and entry.meta("params") == params
+    assert entry.meta("spec") == spec and params == PAPER_PARAMS[name]
     model = create_model(name)
     assert isinstance(model, SpecNet)
     assert model.to_spec() == parse(spec).to_spec()
-    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(p.numel() for p in model.parameters()) == PAPER_PARAMS[name]
     assert (model.T, model.input_shape) == (T, input_shape)
     assert model.num_classes == entry.meta("num_classes")
     assert paper_spec in MODELS.get(name).__doc__ and spec in MODELS.get(name).__doc__
@@ -108,8 +121,28 @@ def test_list_models_and_names():
     assert create_model("SEW7B_GESTURE").to_spec() == create_model("sew7b_gesture").to_spec()
 
 
+def _torchvision_macs(model, shape):
+    """Multiply-accumulates of torchvision's own network, counted with hooks (another implementation)."""
+    total = []
+
+    def hook(m, args, out):
+        if isinstance(m, torch.nn.Conv2d):
+            total.append(out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(m, torch.nn.Linear):
+            total.append(out.numel() * m.in_features)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return sum(total)
+
+
 def test_spec_resnets_equal_the_image_zoo():
-    """The image ResNets written as specs have torchvision's parameter counts and the zoo's MACs."""
+    """The image ResNets written as specs have torchvision's parameter counts and MACs."""
+    import torchvision
+
     r18 = ("c64k7s2p3-BN-IF-MPk3s2p1-{SEW(c64)}*2-SEW(c128s2)-SEW(c128)-SEW(c256s2)-SEW(c256)-SEW(c512s2)-"
            "SEW(c512)-GAP-FC1000")
     r50 = ("c64k7s2-BN-IF-MPk3s2p1-{SEWBottleneck(c256)}*3-SEWBottleneck(c512s2)-{SEWBottleneck(c512)}*3-"
@@ -118,7 +151,8 @@ def test_spec_resnets_equal_the_image_zoo():
     g18 = infer(r18, (3, 64, 64))
     assert g18.total_params == 11_689_512
     assert infer(r50, (3, 64, 64)).total_params == 25_557_032
+    assert g18.total_macs == _torchvision_macs(torchvision.models.resnet18(), (3, 64, 64))
     zoo = create_model("sew_resnet18")
     rows, macs = profile_model(zoo, (3, 64, 64))
-    assert macs == g18.total_macs
+    assert macs == g18.total_macs and zoo.num_parameters() == g18.total_params
     assert [r.out_shape for r in rows if "Block" in r.token] == [n.out_shape for n in g18 if n.kind == "block"]

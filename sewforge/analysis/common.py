@@ -125,7 +125,7 @@ def dataset_batch(name: str, *, T: int, batch: int, split: str = "train", seed: 
     """``batch`` samples of a registered dataset (a seeded random subset) as the model takes them:
     ``([T, B, C, H, W] or [B, C, H, W], labels [B], dataset)``."""
     from ..data import create_dataset
-    from ..train.engine import time_major
+    from ..data.transforms import time_major
 
     dataset = create_dataset(name, root=root, split=split, T=T, **kwargs)
     if len(dataset) == 0:

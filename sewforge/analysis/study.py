@@ -144,7 +144,7 @@ def load_trained(checkpoint: str) -> Tuple[nn.Module, Any, Any]:
     """A trained model, its recipe and its test split, from a training checkpoint (``best.pt``,
     ``last.pt`` or a run folder), built through the trainer's own model and data code."""
     from ..train import load_checkpoint, recipe_from_dict
-    from ..train.engine import build_datasets, build_model as build_trained
+    from ..train.factories import build_datasets, build_model as build_trained
 
     state = load_checkpoint(checkpoint)
     if not isinstance(state.get("recipe"), dict) or "model" not in state:

@@ -1,5 +1,6 @@
+"""``python -m sewforge.bench SUITE ...`` is ``sewforge bench SUITE ...``."""
 import sys
 
-from .cli import main
+from ..cli import main
 
-sys.exit(main())
+sys.exit(main(["bench", *sys.argv[1:]]))

@@ -187,9 +187,7 @@ def cuda_peak_above_baseline(step: Callable[[], Any], device: torch.device,
 
 def subprocess_env() -> Dict[str, str]:
     """The environment for a child ``python -m sewforge.bench``: this sewforge first on the path."""
-    import sewforge
-
-    root = str(Path(sewforge.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding this sewforge
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .. import create_neuron
+from ..neurons import create_neuron
 from . import common, sj
 
 SHAPES: List[Tuple[int, ...]] = [(4, 64, 16384), (8, 64, 16384), (16, 64, 16384), (32, 64, 16384),

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import create_model
+from ..models import create_model
 from . import common, sj
 
 MODELS: Dict[str, Dict[str, Any]] = {

@@ -5,8 +5,9 @@
     sewforge build sew_resnet50 --input 3x224x224
 
 The table lists every layer (index, token, output shape per sample and step, parameters, dense
-MACs per time step), then the totals. A spec needs --input; zoo models have their own default.
-Exit status 2 on a bad spec or argument, with the position of the mistake.
+MACs per time step), then the totals. A spec without --input is built for the paper's DVS frames,
+2x128x128 (two polarities, 128x128 pixels), and the output says so; zoo models have their own
+default. Exit status 2 on a bad spec or argument, with the position of the mistake.
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import re
 import sys
 from typing import Optional, Tuple
 
-__all__ = ["add_arguments", "run", "parse_input_shape"]
+__all__ = ["add_arguments", "run", "parse_input_shape", "DEFAULT_INPUT"]
+
+#: the input of a spec built without --input: DVS128 Gesture / CIFAR10-DVS frames, as in the paper
+DEFAULT_INPUT = (2, 128, 128)
 
 
 def parse_input_shape(text: str) -> Tuple[int, ...]:
@@ -31,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples of the description as written
     p.add_argument("spec", metavar="SPEC_OR_MODEL",
                    help="a spec string in the paper's notation, or a registered model name (sewforge list models)")
-    p.add_argument("--input", metavar="CxHxW", help="input shape per time step, e.g. 2x128x128 (required for specs)")
+    p.add_argument("--input", metavar="CxHxW", help="input shape per time step, e.g. 3x32x32 (default for specs: the paper's DVS frames "
+                        "2x128x128; for zoo models: their own)")
     p.add_argument("--T", type=int, default=None, help="time steps (default: the model's own)")
     p.add_argument("--g", default=None, help="element-wise function of every SEW block: ADD, AND, IAND, ...")
     p.add_argument("--neuron", default=None, help="replace every neuron type: IF, LIF, PLIF, ...")
@@ -61,12 +66,12 @@ def run(args: argparse.Namespace) -> int:
         overrides = dict(T=args.T, g=args.g, neuron=args.neuron, surrogate=args.surrogate,
                          v_threshold=args.v_threshold, zero_init=args.zero_init, num_classes=args.num_classes)
         is_model = is_model_name(name)
-        if not is_model and input_shape is None:
+        defaulted = not is_model and input_shape is None
+        if defaulted:
             from ..spec import parse
 
-            parse(name)  # report a bad spec (or a misspelt model name) before the missing --input
-            return _error("--input CxHxW is required to build a spec (e.g. --input 2x128x128); "
-                          f"zoo models have defaults: {', '.join(MODELS.names())}")
+            parse(name)  # report a bad spec (or a misspelt model name) before anything else
+            input_shape = DEFAULT_INPUT
         # the table needs shapes and counts only: the parameters are never allocated, so a mistyped
         # channel count costs nothing
         with torch.device("meta"):
@@ -88,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     total_params = sum(p.numel() for p in model.parameters())
     info.update(input_shape=list(shape), T=getattr(model, "T", None), num_classes=getattr(model, "num_classes", None))
 
+    note = (f"no --input given: built for the paper's DVS frames {'x'.join(map(str, DEFAULT_INPUT))} "
+            "(pass --input CxHxW for other data)") if defaulted else None
     if args.json:
+        if note:
+            print(f"sewforge build: {note}", file=sys.stderr)
         print(json.dumps(table_dict(rows, total_params, total_macs, **info), indent=2))
         return 0
     title = info["model"] or ""
@@ -99,5 +108,7 @@ def run(args: argparse.Namespace) -> int:
         title += f"  T={info['T']}"
     if info["num_classes"]:
         title += f"  classes={info['num_classes']}"
+    if note:
+        print(note)
     print(format_table(rows, total_params, total_macs, title=title))
     return 0

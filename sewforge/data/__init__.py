@@ -19,8 +19,10 @@ from .aedat import read_aedat2_raw, read_aedat3, read_cifar10dvs_aedat
 from .cache import frames_dirname, load_frames, save_frames
 from .dvs import CIFAR10_CLASSES, CIFAR10DVS, DVS128Gesture, EventFrameFolder, GESTURE_CLASSES
 from .images import CIFAR10Batches, ImageNetFolder, read_cifar10_batch
+from .transforms import temporal_delete, time_major
 
 __all__ = [
+    "time_major", "temporal_delete",
     "create_dataset", "list_datasets", "SPLITS",
     "DatasetFormatError", "DatasetNotFoundError", "FrameDatasetBase",
     "SPLIT_METHODS", "events_to_frames", "slice_index", "split_by_number", "split_by_time",

@@ -12,3 +12,7 @@ from .convert import (SOURCES, ConversionError, ConversionWarning, Converted, So
 
 __all__ = ["SOURCES", "ConversionError", "ConversionWarning", "Converted", "Source", "convert_state_dict",
            "load_pretrained", "load_source", "save_converted", "NIRExportError", "to_nir", "write_nir", "run_nir"]
+
+from ..models import set_pretrained_loader as _set_pretrained_loader
+
+_set_pretrained_loader(load_pretrained)  # create_model(name, pretrained=PATH) reads files through this

@@ -232,9 +232,10 @@ def _spec_layers(bld: _Builder, model: nn.Module, x: _Val) -> _Val:
     from ..spec.graph import FeaturePool, SharedDropout
 
     layers = list(model.layers)
+    names = model.layer_names()
     i = 0
     while i < len(layers):
-        layer, name = layers[i], f"layers.{i}"
+        layer, name = layers[i], names[i]
         inner = getattr(layer, "module", None)
         if isinstance(layer, ResidualBlock):
             x = bld.block(name, layer, x)
@@ -271,17 +272,6 @@ def _spec_layers(bld: _Builder, model: nn.Module, x: _Val) -> _Val:
     return x
 
 
-def _resnet(bld: _Builder, model: nn.Module, x: _Val) -> _Val:
-    x = bld.conv("conv1", model.conv1, model.bn1, x)
-    x = bld.neuron("sn1", model.sn1, x.sources, x.shape)
-    x = bld.maxpool("maxpool", model.maxpool, x)
-    for name, module in model.named_modules():
-        if module in model.blocks():
-            x = bld.block(name, module, x)
-    x = bld.avgpool("avgpool", x.shape[1:], x.shape[1:], (0, 0), x)
-    return bld.linear("fc", model.fc, x)
-
-
 def to_nir(model: nn.Module, input_shape: Optional[Sequence[int]] = None, *, dtype: Any = np.float32) -> Any:
     """The NIR graph (``nir.NIRGraph``) of one time step of ``model``, in eval mode.
 
@@ -289,7 +279,6 @@ def to_nir(model: nn.Module, input_shape: Optional[Sequence[int]] = None, *, dty
     parameters and the one in which thresholds are adjusted from ``>=`` to ``>`` (see the module
     docstring). Raises :class:`NIRExportError` naming the first layer NIR cannot express.
     """
-    from ..models.resnet import ResNet
     from ..spec import SpecNet
 
     nir = _nir()
@@ -306,8 +295,6 @@ def to_nir(model: nn.Module, input_shape: Optional[Sequence[int]] = None, *, dty
             raise NIRExportError(f"readout={model.readout!r}: only the mean over T is exported (the host averages "
                                  "the per-step output)")
         x = _spec_layers(bld, model, x)
-    elif isinstance(model, ResNet):
-        x = _resnet(bld, model, x)
     else:
         raise NIRExportError(f"{type(model).__name__} has no NIR export; sewforge exports spec networks (the DVS "
                              "zoo, spec strings) and the SEW / Spiking ResNets")

@@ -7,7 +7,7 @@ accepts a spec string, which it compiles with :func:`sewforge.spec.build`.
 from __future__ import annotations
 
 import inspect
-from typing import Any, List
+from typing import Any, Callable, List, Optional
 
 from torch import nn
 
@@ -15,7 +15,18 @@ from ..registry import MODELS
 from ..spec import SpecError, build, parse
 from . import dvs, resnet  # noqa: F401  (register the zoo)
 
-__all__ = ["create_model", "list_models", "is_model_name"]
+__all__ = ["create_model", "list_models", "is_model_name", "set_pretrained_loader"]
+
+#: ``loader(name, path, **kwargs) -> model`` behind ``create_model(name, pretrained=path)``. The
+#: checkpoint converters (:mod:`sewforge.interop`, a layer above the zoo) install it when sewforge
+#: is imported, so the zoo does not depend on them.
+_pretrained_loader: Optional[Callable[..., nn.Module]] = None
+
+
+def set_pretrained_loader(loader: Callable[..., nn.Module]) -> None:
+    """Install the function that reads ``pretrained=`` weights (see :func:`create_model`)."""
+    global _pretrained_loader
+    _pretrained_loader = loader
 
 
 def list_models(pattern: str = "*") -> List[str]:
@@ -50,11 +61,11 @@ def create_model(name_or_spec: str, **kwargs: Any) -> nn.Module:
     """
     pretrained = kwargs.pop("pretrained", None)
     if pretrained is not None:
-        from ..interop.convert import load_pretrained
-
         if not isinstance(name_or_spec, str) or name_or_spec.strip() not in MODELS:
             raise ValueError(f"pretrained= needs a zoo model name (see `sewforge list models`), got {name_or_spec!r}")
-        return load_pretrained(name_or_spec.strip(), pretrained, **kwargs)
+        if _pretrained_loader is None:  # pragma: no cover - sewforge/__init__ installs it
+            raise RuntimeError("no checkpoint reader is installed for pretrained=; import sewforge.interop")
+        return _pretrained_loader(name_or_spec.strip(), pretrained, **kwargs)
     if not isinstance(name_or_spec, str):
         raise TypeError(f"create_model expects a model name or a spec string, got {type(name_or_spec).__name__}")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}

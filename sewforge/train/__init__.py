@@ -1,21 +1,20 @@
-"""Training from YAML recipes: ``python -m sewforge.train recipes/quickstart.yaml key=value``.
+"""Training from YAML recipes: ``sewforge train recipes/quickstart.yaml key=value`` (the command
+line is :mod:`sewforge.commands.train`; ``python -m sewforge.train`` runs it).
 
 - :mod:`.recipe`: the typed, validated recipe schema and its loader,
 - :mod:`.engine`: the training loop (AMP, random temporal delete, DDP, firing rates),
 - :mod:`.checkpoint`: atomic, ``weights_only``-loadable checkpoints with generator states,
 - :mod:`.runlog`: the run folder (summary.csv, TensorBoard, curves.png) and progress display,
 - :mod:`.distributed`: ``torchrun`` process groups (NCCL on GPUs, gloo on CPUs),
-- :mod:`.cli`: ``main(argv) -> int``, also behind ``sewforge train``.
 """
 from __future__ import annotations
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .cli import main
 from .engine import NonFiniteError, NonFiniteLossError, RunFolderError, TrainResult, evaluate_checkpoint, train
 from .recipe import (DataConfig, ModelConfig, OptimizerConfig, Recipe, RecipeError, SchedulerConfig, dump_recipe,
                      load_recipe, recipe_from_dict, recipe_to_dict)
 
-__all__ = ["main", "train", "evaluate_checkpoint", "TrainResult", "NonFiniteError", "NonFiniteLossError", "RunFolderError",
+__all__ = ["train", "evaluate_checkpoint", "TrainResult", "NonFiniteError", "NonFiniteLossError", "RunFolderError",
            "Recipe", "ModelConfig", "DataConfig", "OptimizerConfig", "SchedulerConfig", "RecipeError",
            "load_recipe", "recipe_from_dict", "recipe_to_dict", "dump_recipe", "load_checkpoint",
            "CheckpointError"]

@@ -27,6 +27,8 @@ from .checkpoint import (CheckpointError, capture_rng, load_checkpoint, require_
                          save_checkpoint)
 from .distributed import (DistContext, all_gather_objects, all_reduce_sum, average_bn_buffers, main_process_first,
                           setup, teardown)
+from ..data.transforms import temporal_delete, time_major
+from .factories import build_datasets, build_model
 from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .runlog import Progress, RunFolderBusy, RunFolderLock, RunLog, finished_epochs
 
@@ -60,45 +62,6 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # building blocks
 # ---------------------------------------------------------------------------------------------
-def build_datasets(recipe: Recipe, splits: Sequence[str] = ("train", "test")) -> Dict[str, Dataset]:
-    """The recipe's datasets by role ("train", "test") through ``sewforge.data.create_dataset``."""
-    from ..data import create_dataset
-
-    d = recipe.data
-    names = {"train": d.train_split, "test": d.test_split}
-    out = {}
-    for role in splits:
-        out[role] = create_dataset(d.name, root=d.root, split=names[role], T=d.T, **d.kwargs)
-    return out
-
-
-def build_model(recipe: Recipe, dataset: Dataset) -> nn.Module:
-    """The recipe's network through ``sewforge.models.create_model``, sized for ``dataset``."""
-    from ..models import create_model
-    from ..registry import MODELS
-
-    m = recipe.model
-    kwargs: Dict[str, Any] = {"T": recipe.data.T, "input_shape": tuple(dataset.input_shape), "g": m.g,
-                              "neuron": m.neuron, "surrogate": m.surrogate, "zero_init": m.zero_init,
-                              "v_threshold": m.v_threshold}
-    if m.name in MODELS:  # a zoo model is sized for the data; a spec string says its classes (FC10)
-        kwargs["num_classes"] = getattr(dataset, "num_classes", None)
-    # given only where they differ from the networks' defaults, so plugin factories without them still work
-    if m.memory != "compact":
-        kwargs["memory"] = m.memory
-    if m.channels_last:
-        kwargs["channels_last"] = True
-    kwargs.update(m.kwargs)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    model = create_model(m.name, **kwargs)
-    classes = getattr(dataset, "num_classes", None)
-    got = getattr(model, "num_classes", None)
-    if classes is not None and got is not None and got != classes:
-        raise ValueError(f"model {m.name!r} has {got} outputs but dataset {recipe.data.name!r} has {classes} "
-                         "classes; make the model's last layer match (e.g. FC{classes} in a spec string)")
-    return model
-
-
 _COMPILER_PROBLEMS: Dict[str, Optional[str]] = {}
 
 
@@ -153,22 +116,6 @@ def compile_model(model: nn.Module, device: torch.device, say: Any) -> nn.Module
         say(f"compile: true, but torch.compile does not work here ({problem}); training runs eager")
         return model
     return _CompiledOrEager(model, say)
-
-
-def time_major(x: torch.Tensor) -> torch.Tensor:
-    """A batch of event samples ``[B, T, ...]`` as the ``[T, B, ...]`` the networks take; static
-    images ``[B, C, H, W]`` pass unchanged (the model repeats them over its T steps)."""
-    return x.transpose(0, 1) if x.dim() == 5 else x
-
-
-def temporal_delete(x: torch.Tensor, keep: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random temporal delete: ``keep`` of the T frames of ``x = [T, B, ...]``, drawn without
-    replacement, in their original order, the same frames for the whole batch."""
-    steps = x.shape[0]
-    if keep >= steps:
-        return x
-    index = torch.randperm(steps, generator=generator)[:keep].sort().values
-    return x.index_select(0, index.to(x.device))
 
 
 class _ShardSampler(Sampler):
