@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from sewforge._triton import jit, tl  # tl is None without Triton; the interpreter needs it here
+from sewforge.jit import jit, tl  # tl is None without Triton; the interpreter needs it here
 from sewforge.neurons import BaseNeuron, ChargeEquation, charge_from_step, check_tau
 from sewforge.registry import NEURONS, SURROGATES
 from sewforge.surrogates import Surrogate
