@@ -9,7 +9,6 @@ to import is reported (package and error) without breaking anything else.
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import os
@@ -18,6 +17,8 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from .checks import close_matches
 
 __all__ = ["Entry", "Registry", "PluginError", "plugin_errors", "natural_key",
            "NEURONS", "SURROGATES", "ELEMENTWISE", "BLOCKS", "MODELS", "DATASETS"]
@@ -176,8 +177,7 @@ class Registry:
 
     def _missing_message(self, name: str) -> str:
         names = [e.name for e in self._entries.values()]
-        lower = {n.lower(): n for n in names}
-        close = [lower[c] for c in difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.5)]
+        close = close_matches(name, names, n=3, cutoff=0.5)
         msg = f"unknown {self.kind} {name!r}"
         if close:
             msg += f"; did you mean {', '.join(repr(c) for c in close)}?"

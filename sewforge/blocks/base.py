@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, List, Tuple, Union
 import torch
 from torch import nn
 
+from ..checks import positive_int
 from ..elementwise import ElementwiseFunction, create_elementwise
 from ..layers import seq_fold
 from ..memory import combined_bound, mark_spikes, spike_kind
@@ -54,9 +55,7 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _positive_int(name: str, value: Any, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return value
+    return positive_int(value, f"{owner}: {name}")
 
 
 class ResidualBlock(nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, List, Optional
 
+from ..checks import close_matches
 from ..registry import DATASETS
 from .base import DatasetFormatError, DatasetNotFoundError, FrameDatasetBase
 from .events import SPLIT_METHODS, events_to_frames, slice_index, split_by_number, split_by_time
@@ -104,8 +105,7 @@ def _check_kwargs(name: str, factory: Any, kwargs: dict) -> None:
                and n not in ("self", "root", "split", "T")]
     for key in kwargs:
         if key not in allowed:
-            import difflib
-            close = difflib.get_close_matches(key, allowed, n=1)
+            close = close_matches(key, allowed, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"dataset {name!r} has no argument {key!r}{hint} "
                              f"Its arguments: root, split, T, {', '.join(allowed)}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence, Tuple
 
+from ..checks import positive_int
 from ..registry import BLOCKS, MODELS
 from ..spec import SpecError, SpecNet, build
 
@@ -52,8 +53,7 @@ def resnet_spec(block: str, layers: Sequence[int], num_classes: int = 1000) -> s
 def _input_shape(in_channels: Optional[int], input_shape: Optional[Sequence[int]]) -> Tuple[int, ...]:
     if input_shape is None:
         channels = 3 if in_channels is None else in_channels
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise SpecError(f"in_channels={in_channels!r}: must be a positive integer")
+        positive_int(channels, "in_channels", SpecError)
         return (channels, 224, 224)
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
     if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):

@@ -1,31 +1,20 @@
 """The one error type of the spec compiler: it points at the text that is wrong."""
 from __future__ import annotations
 
-import difflib
 import re
-from typing import Iterable, List, Optional, Sequence
+from typing import Optional, Sequence
+
+from ..checks import ECHO_LIMIT, close_matches
 
 __all__ = ["SpecError", "close_matches", "shorten", "ECHO_LIMIT"]
 
 #: the most characters of one word, and of the spec's line, an error message repeats
-ECHO_LIMIT = 40
 _LONG_WORD = re.compile(r"([^\s'\"]{%d})[^\s'\"]{4,}" % ECHO_LIMIT)
 
 
 def shorten(text: str) -> str:
     """``text`` with every word longer than :data:`ECHO_LIMIT` cut to its start and '...'."""
     return _LONG_WORD.sub(r"\1...", text)
-
-
-def close_matches(word: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> List[str]:
-    """Up to ``n`` candidates that look like ``word`` (case-insensitive, difflib ratio)."""
-    by_lower = {}
-    for c in candidates:
-        by_lower.setdefault(c.lower(), c)
-    if len(word) > 4 * ECHO_LIMIT:  # nothing registered is that long
-        return []
-    found = difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=cutoff)
-    return [by_lower[f] for f in found]
 
 
 class SpecError(ValueError):

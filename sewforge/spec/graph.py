@@ -16,11 +16,25 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..checks import positive_int
 from ..layers import SeqFold
 from ..neurons import create_neuron
 from ..registry import BLOCKS, ELEMENTWISE, NEURONS, SURROGATES
 from .errors import SpecError, close_matches
-from .nodes import BatchNorm, Block, Call, Conv, Dropout, GlobalPool, Linear, Neuron, Node, Pool, Repeat, Spec
+from .nodes import (
+    BatchNorm,
+    Block,
+    Call,
+    Conv,
+    Dropout,
+    GlobalPool,
+    Linear,
+    Neuron,
+    Node,
+    Pool,
+    Repeat,
+    Spec,
+)
 
 __all__ = ["Graph", "GraphNode", "apply_overrides", "construct", "unroll", "DEFAULT_NEURON", "MAX_LAYERS",
            "COMMON_NEURON_ARGS", "SharedDropout", "FeaturePool"]
@@ -159,9 +173,8 @@ def apply_overrides(spec: Spec, *, neuron: Any = None, g: Any = None, surrogate:
             raise _arg_error(f"v_threshold={v_threshold!r}: must be a finite number")
     if zero_init is not None and not isinstance(zero_init, bool):
         raise _arg_error(f"zero_init={zero_init!r}: must be True or False")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise _arg_error(f"num_classes={num_classes!r}: must be a positive integer")
+    if num_classes is not None:
+        positive_int(num_classes, "num_classes", _arg_error)
 
     neuron_updates: Dict[str, Any] = {}
     if surrogate_value is not None:

@@ -8,6 +8,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..checks import positive_int
 from ..layers import SeqFold, repeat_steps, steps_channels_last
 from ..memory import MEMORY_MODES, check_memory_mode, memory_context, recompute
 from .errors import SpecError
@@ -47,9 +48,7 @@ def _check_input_shape(input_shape: Any) -> Tuple[int, ...]:
 def _check_T(T: Any) -> Optional[int]:
     if T is None:
         return None
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise SpecError(f"T={T!r}: the number of time steps must be a positive integer")
-    return T
+    return positive_int(T, f"T={T!r}: the number of time steps", SpecError)
 
 
 class SpecNet(nn.Module):
@@ -195,8 +194,7 @@ class SpecNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final ``FC`` by a new, freshly initialised one with ``num_classes`` outputs
         (same device and dtype), as timm's ``reset_classifier``: for fine-tuning on a new data set."""
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise SpecError(f"num_classes={num_classes!r}: must be a positive integer")
+        positive_int(num_classes, "num_classes", SpecError)
         old = self.get_classifier()
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None,
                         device=old.weight.device, dtype=old.weight.dtype)

@@ -12,7 +12,6 @@ keys are merged over the base's, section by section.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import string
@@ -23,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from ..checks import close_matches
 from ..memory import MEMORY_MODES
 
 __all__ = ["Recipe", "ModelConfig", "DataConfig", "OptimizerConfig", "SchedulerConfig", "RecipeError",
@@ -344,17 +344,14 @@ def _check_range(value: Any, meta: Mapping[str, Any]) -> Optional[str]:
             if key in meta and not ok(v, meta[key]):
                 return f"must be {text} {meta[key]}, got {v!r}"
     if "choices" in meta and value not in meta["choices"]:
-        close = difflib.get_close_matches(str(value), meta["choices"], n=1, cutoff=0.5)
+        close = close_matches(value, meta["choices"], n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{value!r} is not one of {', '.join(meta['choices'])}{hint}"
     return None
 
 
 def _suggest(key: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if not close:
-        lower = {a.lower(): a for a in allowed}
-        close = [lower[c] for c in difflib.get_close_matches(key.lower(), list(lower), n=1, cutoff=0.6)]
+    close = close_matches(key, allowed, n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}? " if close else ""
 
 
@@ -452,7 +449,7 @@ def _check_names(recipe: Recipe, at: Any, problems: List[str]) -> None:
     known = list_optimizers()
     opt = recipe.optimizer.name.lower()
     if opt.split("_")[-1] not in known:
-        close = difflib.get_close_matches(opt, known, n=3, cutoff=0.6)
+        close = close_matches(opt, known, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
         problems.append(f"{at('optimizer.name')}: optimizer.name: unknown optimizer {recipe.optimizer.name!r}; "
                         f"{hint}timm knows: {', '.join(known)}")
