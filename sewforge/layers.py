@@ -17,13 +17,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .memory import mark_spikes, spike_kind
+from .memory import mark_spikes, pool_spikes, spike_kind
 
 __all__ = ["SeqFold", "seq_fold", "steps_channels_last", "repeat_steps"]
 
 #: layers whose output holds values of their input only (max pooling, reshaping): spikes stay spikes
 _KEEPS_VALUES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
                  nn.Identity, nn.Flatten)
+
+
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
 def _keeps_values(module: object) -> bool:
@@ -44,7 +47,10 @@ def seq_fold(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
         raise ValueError(f"seq_fold: expected a multi-step tensor [T, B, ...] with at least 2 dimensions, "
                          f"got shape {tuple(x.shape)}")
     steps, batch = x.shape[0], x.shape[1]
-    y = module(x.flatten(0, 1))
+    if isinstance(module, _MAX_POOLS):
+        y = pool_spikes(module, x.flatten(0, 1))  # keeps no int64 indices for spikes
+    else:
+        y = module(x.flatten(0, 1))
     if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != steps * batch:
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"seq_fold: {_name(module)} must keep the folded batch axis of size T*B = "

@@ -406,3 +406,45 @@ def test_fused_sew_outputs_carry_a_value_bound_so_compacting_needs_no_check():
     packed = pack_saved(add)
     assert isinstance(packed, PackedSpikes) and not packed.bits
     assert torch.equal(unpack_saved(packed), add)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pooling_of_spikes_keeps_no_indices_and_gives_the_same_gradient(channels_last):
+    from sewforge.layers import seq_fold
+
+    gen = torch.Generator().manual_seed(3)
+    a = (torch.rand(4, 3, 8, 16, 16, generator=gen) > 0.6).float() + (torch.rand(4, 3, 8, 16, 16, generator=gen) > 0.6).float()
+    if channels_last:
+        a = a.flatten(0, 1).to(memory_format=torch.channels_last).unflatten(0, (4, 3))
+    pool = nn.MaxPool2d(2, 2)
+    grad = torch.randn(4, 3, 8, 8, 8, generator=gen)
+    plain = a.clone().requires_grad_(True)
+    native = pool(plain.flatten(0, 1)).unflatten(0, (4, 3))  # the oracle: PyTorch's pooling with indices
+    native.backward(grad)
+    spikes = mark_spikes(a.clone().requires_grad_(True), bound=2)  # many ties: 0/1/2 values
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        out = seq_fold(pool, spikes)
+    assert torch.int64 not in saved and saved  # the input only, no int64 indices
+    out.backward(grad)
+    assert torch.equal(out, native) and torch.equal(spikes.grad, plain.grad)
+
+
+def test_a_thin_stem_convolution_is_recomputed_with_the_same_gradients_and_statistics():
+    """7B-Net's stem (a 1x1 conv from 2 channels into BN) keeps its input instead of the BN input."""
+    from sewforge.spec.net import _thin_conv
+
+    torch.manual_seed(0)
+    spec = "c8k1s1-BN-PLIF-{SEW Block (c8)-MPk2s2}*2-FC4"
+    nets = {mode: sewforge.build(spec, input_shape=(2, 16, 16), T=3, memory=mode) for mode in ("dense", "compact")}
+    nets["compact"].load_state_dict(nets["dense"].state_dict())
+    assert _thin_conv(nets["compact"].layers[0]) and not _thin_conv(nn.Conv2d(8, 8, 3))
+    x = torch.rand(3, 2, 2, 16, 16).round()
+    grads = {}
+    for mode, net in nets.items():
+        net(x).square().sum().backward()
+        grads[mode] = {k: p.grad for k, p in net.named_parameters()}
+    for k, g in grads["dense"].items():
+        assert torch.allclose(grads["compact"][k], g, rtol=1e-5, atol=1e-6), k
+    for (k, a), (_, b) in zip(nets["dense"].named_buffers(), nets["compact"].named_buffers()):
+        assert torch.equal(a, b), k  # running statistics updated once, not twice

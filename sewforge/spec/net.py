@@ -45,6 +45,18 @@ def _check_input_shape(input_shape: Any) -> Tuple[int, ...]:
     return shape
 
 
+#: a convolution with at most this many input values per output (in_channels x kernel area / groups)
+#: is recomputed in backward rather than keeping the batch norm input it feeds (compact memory)
+THIN_CONV = 8
+
+
+def _thin_conv(layer: nn.Module) -> bool:
+    conv = getattr(layer, "module", layer)
+    if not isinstance(conv, nn.Conv2d):
+        return False
+    return conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] <= THIN_CONV
+
+
 def _check_T(T: Any) -> Optional[int]:
     if T is None:
         return None
@@ -268,8 +280,18 @@ class SpecNet(nn.Module):
                 x = steps_channels_last(x)
         end = self._head_start
         again = self.memory == "recompute"
-        for layer, kind in zip(self.layers[start:end], self._kinds[start:end]):
+        lean = self.memory != "dense" and torch.is_grad_enabled()
+        i = start
+        while i < end:
+            layer, kind = self.layers[i], self._kinds[i]
+            if lean and kind == "conv" and i + 1 < end and self._kinds[i + 1] == "bn" and _thin_conv(layer):
+                # a conv this thin costs less than the batch norm it feeds: keep its (small) input
+                # and run both again in backward, instead of keeping the batch norm's input
+                x = recompute(nn.Sequential(layer, self.layers[i + 1]), x)
+                i += 2
+                continue
             x = recompute(layer, x) if again and kind == "block" else layer(x)
+            i += 1
         return x
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
