@@ -38,6 +38,9 @@ class ElementwiseFunction:
     #: False when neither partial derivative depends on ``s`` (ADD): the backward then does not
     #: read the shortcut at all.
     backward_reads_s: bool = True
+    #: True when dg/ds is 1 everywhere (ADD): the shortcut's gradient is the output's gradient
+    #: itself, handed on without a copy.
+    grad_s_is_grad_out: bool = False
 
     @property
     def has_c(self) -> bool:
@@ -133,7 +136,8 @@ def _riand_ds(a, s):
 
 
 ADD = _register(ElementwiseFunction("ADD", lambda a, s: a + s, _add, _one, _one, 0.0, "A + S",
-                                    c_fn="a + s", c_dg_da="1", c_dg_ds="1", backward_reads_s=False))
+                                    c_fn="a + s", c_dg_da="1", c_dg_ds="1", backward_reads_s=False,
+                                    grad_s_is_grad_out=True))
 AND = _register(ElementwiseFunction("AND", lambda a, s: a * s, _and, _and_da, _and_ds, 1.0, "A * S",
                                     c_fn="a * s", c_dg_da="s", c_dg_ds="a"))
 IAND = _register(ElementwiseFunction("IAND", lambda a, s: (1 - a) * s, _iand, _iand_da, _iand_ds, 0.0,

@@ -106,21 +106,25 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.x_dtype, ctx.out_dtype = x.dtype, output[0].dtype
     ctx.sc_dtype = shortcut.dtype if shortcut is not None else x.dtype
     ctx.has_g = s.g is not None
+    ctx.grad_s_is_grad_out = ctx.has_g and s.g.grad_s_is_grad_out
     ctx.alpha = alpha
 
 
 def _backward(ctx, grad_out, _gh, _gvt, _gcount):
     x, h, shortcut, params, v0 = ctx.saved_tensors
     need_gx, need_gsc, need_gp = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-    if h.numel() == 0 and h.dim() == 1 and grad_out.numel() > 0:
-        raise RuntimeError("sewforge neuron: the forward ran without keeping H (no input needed a gradient)")
     if grad_out is None:  # the output was not used in the loss
         grad_out = torch.zeros_like(h, dtype=ctx.out_dtype)
+    if h.numel() == 0 and h.dim() == 1 and grad_out.numel() > 0:
+        raise RuntimeError("sewforge neuron: the forward ran without keeping H (no input needed a gradient)")
     go = as_time_dense(grad_out.to(ctx.out_dtype), like=h) if grad_out.numel() > 0 else grad_out
+    need_gsc = need_gsc and ctx.has_g
+    # ADD: dL/dS is dL/dO itself, handed on (no full-size copy written and kept during backward)
+    pass_on = need_gsc and ctx.grad_s_is_grad_out and ctx.sc_dtype == ctx.out_dtype
     gx, gsc, gp = neuron_backward(go, x, h, shortcut, params, v0, ctx.spec, ctx.impl, ctx.v_threshold, ctx.v_reset,
-                                  ctx.alpha, need_gx, need_gsc and ctx.has_g, need_gp, ctx.x_dtype, ctx.sc_dtype)
+                                  ctx.alpha, need_gx, need_gsc and not pass_on, need_gp, ctx.x_dtype, ctx.sc_dtype)
     gx = gx if need_gx else None
-    gsc = gsc if need_gsc and ctx.has_g else None
+    gsc = grad_out.to(ctx.out_dtype) if pass_on else (gsc if need_gsc else None)
     gp = gp if need_gp else None
     if torch.is_grad_enabled():  # create_graph=True: the kernels' gradients have no derivative
         anchor = torch.zeros(0, device=h.device, requires_grad=True)
