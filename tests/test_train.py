@@ -751,3 +751,65 @@ def test_compile_that_fails_on_the_first_step_falls_back_to_eager(tmp_path, caps
     assert main([str(recipe), "--no-progress", f"output={tmp_path / 'eager'}"]) == 0
     for key, value in _weights(tmp_path / "eager").items():  # the eager run it fell back to, step for step
         assert torch.equal(_weights(tmp_path / "fallback")[key], value), key
+
+
+# ---------------------------------------------------------------------------------------------
+# OS errors while writing a run folder (tests run as root, where chmod stops no write: the
+# failures are raised where the files are renamed into place)
+# ---------------------------------------------------------------------------------------------
+def _fail_writing(monkeypatch, name: str, exc: OSError) -> None:
+    from sewforge import fileio
+
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            raise exc
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+
+
+@pytest.mark.parametrize("name, exc, advice", [
+    ("last.pt", OSError(28, "No space left on device"), "free space on that disk"),
+    ("summary.csv", OSError(28, "No space left on device"), "free space on that disk"),
+    ("args.yaml", PermissionError(13, "Permission denied"), "writable"),
+    ("curves.png", PermissionError(13, "Permission denied"), "writable"),
+])
+def test_a_run_file_that_cannot_be_written_names_key_file_and_reason(tmp_path, capsys, monkeypatch, name, exc,
+                                                                      advice):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    run = tmp_path / "run"
+    assert main([str(recipe), "--no-progress"]) == 0
+    before = {p.name: digest(p) for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    _fail_writing(monkeypatch, name, exc)
+    assert main([str(recipe), "--resume", "epochs=2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"output={str(run)!r}: cannot write {str(run / name)!r} ({exc.strerror}); " in err and advice in err
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    after = {p.name: digest(p) for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after[name] == before[name]  # the previous good file is untouched
+    if name in ("args.yaml", "last.pt"):
+        assert after["summary.csv"] == before["summary.csv"] and after["last.pt"] == before["last.pt"]
+    monkeypatch.undo()
+    assert main([str(recipe), "--resume", "epochs=2", "--no-progress"]) == 0  # and the run goes on
+    assert [r["epoch"] for r in rows(run)] == ["1", "2"]
+
+
+def test_a_full_disk_on_the_first_checkpoint_and_a_file_for_a_folder_are_one_line(tmp_path, capsys, monkeypatch):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    _fail_writing(monkeypatch, "best.pt", OSError(28, "No space left on device"))
+    assert main([str(recipe), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "best.pt" in err and "no checkpoint was written" in err, err
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
+    monkeypatch.undo()
+    (tmp_path / "afile").write_text("not a folder")
+    for output in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        assert main([str(recipe), f"output={output}", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"output={str(output)!r}" in err, err
+        assert "a file stands where a folder should be" in err
+    assert (tmp_path / "afile").read_text() == "not a folder"

@@ -31,6 +31,7 @@ from ..data.transforms import temporal_delete, time_major
 from .factories import build_datasets, build_model
 from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .runlog import Progress, RunFolderBusy, RunFolderLock, RunLog, finished_epochs
+from ..fileio import write_problem
 
 __all__ = ["TrainResult", "NonFiniteError", "NonFiniteLossError", "RunFolderError", "train", "evaluate_checkpoint", "build_model",
            "build_datasets", "FiringRateMeter", "temporal_delete", "time_major", "compile_model", "compiler_problem"]
@@ -405,8 +406,17 @@ def _lock(lock: Optional[RunFolderLock], output: Path) -> None:
     except RunFolderBusy as exc:
         raise RunFolderError(str(exc)) from None
     except OSError as exc:
-        raise RunFolderError(f"output={str(output)!r}: the run folder or its lock file cannot be created "
-                             f"({exc.strerror or exc}); choose a writable folder with output=...") from None
+        raise RunFolderError(write_problem(exc, lock.path, "output", output)) from None
+
+
+@contextlib.contextmanager
+def _writing(path: Path, output: Path, kept: str = "") -> Iterator[None]:
+    """Turn an OS error while writing ``path`` of the run folder into one line naming ``output=``,
+    the file, the reason and what to do (plus ``kept``: which earlier files are left as they were)."""
+    try:
+        yield
+    except OSError as exc:
+        raise RunFolderError(write_problem(exc, path, "output", output) + (f"; {kept}" if kept else "")) from None
 
 
 def _kept(history: List[Dict[str, float]], output: Path) -> str:
@@ -554,11 +564,15 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
     if ctx.is_main and (overwrite or restart) and ckpt is None:
         if restart:
             say(f"output folder {str(output)!r} holds a run stopped before its first epoch ended: starting it over")
-        RunLog.remove_previous(output)
-    runlog = RunLog(output, enabled=ctx.is_main, start_epoch=start_epoch)
+        with _writing(output, output):
+            RunLog.remove_previous(output)
+    with _writing(output, output):
+        runlog = RunLog(output, enabled=ctx.is_main, start_epoch=start_epoch)
     if ctx.is_main:
-        runlog.write_args(dump_recipe(recipe))
-        runlog.sync_summary(history)
+        with _writing(output / "args.yaml", output):
+            runlog.write_args(dump_recipe(recipe))
+        with _writing(output / "summary.csv", output):
+            runlog.sync_summary(history)
     n_params = sum(p.numel() for p in raw_model.parameters())
     say(f"run folder {output}: model {recipe.model.name!r} ({n_params:,} parameters), data {recipe.data.name!r} "
         f"({len(datasets['train'])} train / {len(datasets['test'])} test), device {ctx.device}"
@@ -609,14 +623,27 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
                          "scaler": scaler.state_dict(), "best_test_acc": best_acc, "best_epoch": best_epoch,
                          "history": [dict(r) for r in history], "rng": rngs, "recipe": recipe_to_dict(recipe),
                          "world_size": ctx.world_size}
+                kept = (f"last.pt of epoch {history[-2]['epoch']} is kept" if len(history) > 1
+                        else "no last.pt was written")
                 if improved:
-                    save_checkpoint(output / "best.pt", state)
-                save_checkpoint(output / "last.pt", state)
-                runlog.append(row, history)
+                    with _writing(output / "best.pt", output, _kept(history[:-1], output)):
+                        save_checkpoint(output / "best.pt", state)
+                    kept += f" (best.pt already holds epoch {epoch + 1})"
+                with _writing(output / "last.pt", output, kept):
+                    save_checkpoint(output / "last.pt", state)
+                with _writing(output / "summary.csv", output, f"last.pt holds epoch {epoch + 1}; --resume "
+                                                               "writes summary.csv again"):
+                    runlog.append(row, history)
+                with _writing(output / "curves.png", output, "the checkpoints and summary.csv are complete"):
+                    runlog.plot_if_due(history)
             say(f"epoch {epoch + 1}/{recipe.epochs}  train loss {tr.loss:.4f} acc {tr.acc:.2f}%  "
                 f"test loss {te.loss:.4f} acc {te.acc:.2f}%  best {best_acc:.2f}% (epoch {best_epoch})  "
                 f"lr {lr:.3g}  firing rate {te.firing_rate:.3f}  {row['seconds']:.1f}s")
-    finally:
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error in flight is the one to report
+            runlog.close(history)
+        raise
+    with _writing(output / "curves.png", output, "the checkpoints and summary.csv are complete"):
         runlog.close(history)
     return TrainResult(output, len(history), best_acc, best_epoch, history, raw_model)
 
