@@ -46,7 +46,8 @@ class Bars(torch.utils.data.Dataset):
     input_shape = (2, 8, 8)
     classes = ("left", "right", "still")
 
-    def __init__(self, root=None, split="train", T=4, *, samples=48, nan_sample=None, interrupt_after=None):
+    def __init__(self, root=None, split="train", T=4, *, samples=48, nan_sample=None, nan_test_sample=None,
+                 interrupt_after=None):
         g = torch.Generator().manual_seed(0 if split == "train" else 1)
         n = samples if split == "train" else samples // 2
         self.y = torch.arange(n) % 3
@@ -55,7 +56,7 @@ class Bars(torch.utils.data.Dataset):
             start = int(torch.randint(2, 6, (1,), generator=g))
             for t in range(T):
                 self.x[i, t, 0, :, (start + (-t, t, 0)[int(self.y[i])]) % 8] += 2.0
-        self.nan_sample = nan_sample
+        self.nan_sample = nan_sample if split == "train" or nan_test_sample is None else nan_test_sample
         self.interrupt_after = interrupt_after if split == "train" else None  # Ctrl-C after that many reads
         self.reads = 0
 
@@ -411,6 +412,28 @@ def test_a_nan_sample_stops_the_run_naming_it_even_when_the_loss_stays_finite(tm
     assert digest(run / "last.pt") == good and digest(run / "best.pt") == best and len(rows(run)) == 1
     state = load_checkpoint(run / "last.pt")
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_a_nan_test_sample_stops_the_run_and_the_evaluation_naming_it(tmp_path, capsys):
+    """A test accuracy is never computed on NaN frames: training stops before saving the epoch,
+    --eval-only reports no accuracy; both name the test sample."""
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": SPEC.replace("FC4", "FC3")}, data={"name": DATASET, "T": 4},
+                         test_batch_size=5)
+    run = tmp_path / "run"
+    assert main([str(recipe), "--no-progress"]) == 0
+    good, best = digest(run / "last.pt"), digest(run / "best.pt")
+    code = main([str(recipe), "--resume", "epochs=2", "data.kwargs.nan_test_sample=13", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert (f"test sample 13 of data {DATASET!r} (split 'test') holds NaN or infinite values (testing after epoch 2): "
+            "stopped; the checkpoints of epoch 1") in err and "fix or remove that sample" in err
+    assert digest(run / "last.pt") == good and digest(run / "best.pt") == best and len(rows(run)) == 1
+    capsys.readouterr()
+    code = main(["--eval-only", "--checkpoint", str(run / "best.pt"), "data.kwargs.nan_test_sample=13",
+                 "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2 and "test sample 13" in captured.err and "no accuracy is reported" in captured.err
+    assert "acc" not in captured.out
 
 
 def test_a_non_finite_batch_norm_statistic_is_never_saved(tmp_path, capsys):

@@ -325,9 +325,16 @@ def _evaluate(ctx: DistContext, model: nn.Module, loader: DataLoader, recipe: Re
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     correct5 = torch.zeros((), dtype=torch.int64, device=dev)
     count = 0
+    # the first sample holding NaN or infinite values, by its place in this process's order (-1: none);
+    # checked as in training, but with no sync per step: a reported accuracy is never one of NaN frames
+    first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
     with meter.measuring():
         for step, (x, y) in enumerate(loader, 1):
-            x = time_major(x.to(dev, non_blocking=True))
+            x = x.to(dev, non_blocking=True)
+            ok = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+            here = torch.where(ok.all(), -1, (~ok).to(torch.int64).argmax() + count)
+            first_bad = torch.where(first_bad < 0, here, first_bad)
+            x = time_major(x)
             y = y.to(dev, non_blocking=True)
             with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=recipe.amp):
                 logits = model(x)
@@ -340,6 +347,14 @@ def _evaluate(ctx: DistContext, model: nn.Module, loader: DataLoader, recipe: Re
                 bar.update(step)
         spikes, outputs = meter.totals()
         top5 = logits.shape[1] >= 5 if count else False
+    bad = int(first_bad)
+    bad_index = _dataset_index(loader, 1, bad) if bad >= 0 else None
+    if ctx.distributed:  # every rank stops, naming the same sample (the lowest bad data set index)
+        found = [i for i in all_gather_objects(ctx, bad_index) if i is not None]
+        bad_index = min(found) if found else None
+    if bad_index is not None:
+        raise NonFiniteError(f"test sample {bad_index} of data {recipe.data.name!r} (split {recipe.data.test_split!r}) "
+                             "holds NaN or infinite values")
     sums = all_reduce_sum(ctx, [float(loss_sum), float(correct), float(count), spikes, outputs, float(correct5)])
     n = max(sums[2], 1.0)
     rate = sums[3] / sums[4] if sums[4] > 0 else float("nan")
@@ -607,7 +622,11 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
             if bad is not None:
                 raise NonFiniteError(f"model tensor {bad!r} holds NaN or infinite values after epoch {epoch + 1}: "
                                      f"stopped; {_kept(history, output)}. Try a lower optimizer.lr or clip_grad")
-            te = _evaluate(ctx, raw_model, test_loader, recipe, meter, progress)
+            try:
+                te = _evaluate(ctx, raw_model, test_loader, recipe, meter, progress)
+            except NonFiniteError as exc:
+                raise NonFiniteError(f"{exc} (testing after epoch {epoch + 1}): stopped; {_kept(history, output)}; "
+                                     "fix or remove that sample") from None
             improved = best_epoch == 0 or te.acc > best_acc
             if improved:
                 best_acc, best_epoch = te.acc, epoch + 1
@@ -672,7 +691,10 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Union[str, Path], *, progres
                                   f"{exc}") from None
         loader = _loader(test_set, recipe.test_batch_size or recipe.batch_size,
                          _ShardSampler(len(test_set), ctx.rank, ctx.world_size), recipe, ctx.device, False)
-        stats = _evaluate(ctx, model, loader, recipe, FiringRateMeter(model), progress)
+        try:
+            stats = _evaluate(ctx, model, loader, recipe, FiringRateMeter(model), progress)
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{exc}: no accuracy is reported; fix or remove that sample") from None
         result = {"epoch": int(ckpt.get("epoch", 0)), "test_loss": stats.loss, "test_acc": stats.acc,
                   "test_acc5": stats.acc5, "firing_rate": stats.firing_rate, "samples": len(test_set)}
         if ctx.is_main:
