@@ -836,3 +836,61 @@ def test_a_full_disk_on_the_first_checkpoint_and_a_file_for_a_folder_are_one_lin
         assert len(err.splitlines()) == 1 and f"output={str(output)!r}" in err, err
         assert "a file stands where a folder should be" in err
     assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_ctrl_c_with_loading_workers_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C goes to the whole process group, loading workers included: the main process says one
+    line and exits 130; no worker prints a traceback, none is left running."""
+    import signal
+    import time
+
+    child = write(tmp_path / "child.py", f"""\
+        import sys, time
+        import torch
+        from sewforge.registry import DATASETS
+        from sewforge.cli import main
+
+        class Slow(torch.utils.data.Dataset):
+            num_classes, input_shape = 3, (2, 8, 8)
+
+            def __init__(self, root=None, split="train", T=4, **_):
+                self.T = T
+
+            def __len__(self):
+                return 400
+
+            def __getitem__(self, i):
+                open({str(tmp_path / "loading")!r}, "a").close()  # a worker is loading
+                time.sleep(0.02)
+                return torch.zeros(self.T, 2, 8, 8), i % 3
+
+        DATASETS.add("_slow", Slow, description="slow")
+        sys.exit(main(["train", *sys.argv[1:]]))
+        """)
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": "c4k3s1-BN-PLIF-FC3"},
+                         data={"name": "_slow", "T": 4, "workers": 2}, T_train=None)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(child), str(recipe), "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env, cwd=str(tmp_path))
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "loading").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(1.0)  # batches are flowing
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.strip().startswith("interrupted before the first epoch ended")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # a worker of the group still runs
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a data-loading worker outlived the interrupted training")

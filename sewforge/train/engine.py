@@ -361,10 +361,20 @@ def _evaluate(ctx: DistContext, model: nn.Module, loader: DataLoader, recipe: Re
     return _EpochStats(sums[0] / n, 100.0 * sums[1] / n, rate, 100.0 * sums[5] / n if top5 else float("nan"))
 
 
+def _worker_ignores_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: a loading worker leaves it to the main process,
+    which prints one line and shuts the workers down (no traceback from each worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, recipe: Recipe, device: torch.device,
             drop_last: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=recipe.data.workers,
-                      pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=False)
+    workers = recipe.data.workers
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=False,
+                      worker_init_fn=_worker_ignores_ctrl_c if workers > 0 else None)
 
 
 def _configure_torch(recipe: Recipe, device: torch.device) -> None:
