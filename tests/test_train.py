@@ -894,3 +894,40 @@ def test_ctrl_c_with_loading_workers_is_one_line_and_exit_130(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail("a data-loading worker outlived the interrupted training")
+
+
+@pytest.mark.slow
+def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
+    """Only one process loads the NaN sample; both stop naming it (and the same bad test sample)."""
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": SPEC.replace("FC4", "FC3")}, data={"name": DATASET, "T": 4})
+    script = write(tmp_path / "ddp_worker.py", f"""\
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import test_train  # registers the test data set and model
+        from sewforge.registry import DATASETS
+        from sewforge.train import load_recipe, train
+        from sewforge.train.engine import NonFiniteError
+        DATASETS.add(test_train.DATASET, test_train.Bars, description="test bars")
+        rank = os.environ["RANK"]
+        for name, override in (("train", "data.kwargs.nan_sample=37"), ("test", "data.kwargs.nan_test_sample=13")):
+            try:
+                train(load_recipe({str(recipe)!r}, [override, "output=" + os.path.join({str(tmp_path)!r}, name)]),
+                      progress=False)
+                message = "no error"
+            except NonFiniteError as exc:
+                message = str(exc)
+            with open(os.path.join({str(tmp_path)!r}, "%s%s.txt" % (name, rank)), "w") as f:
+                f.write(message)
+        sys.stdout.flush()
+        os._exit(0)
+        """)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    for name, expected in (("train", f"training sample 37 of data {DATASET!r} (split 'train') holds NaN"),
+                           ("test", f"test sample 13 of data {DATASET!r} (split 'test') holds NaN")):
+        for rank in (0, 1):
+            path = tmp_path / f"{name}{rank}.txt"
+            assert path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+            assert expected in path.read_text(), (rank, path.read_text())

@@ -259,14 +259,22 @@ def _train_epoch(ctx: DistContext, model: nn.Module, loader: DataLoader, optimiz
             finite = flag > 0
         if not bool(finite):
             where = f"epoch {epoch + 1}, step {step}/{total}"
+            found: Optional[Tuple[str, Any]] = None
             if not bool(inputs_finite):
-                index = _dataset_index(loader, step, _first_bad_sample(full))
-                raise NonFiniteError(f"training sample {index} of data {recipe.data.name!r} (split "
+                found = ("sample", _dataset_index(loader, step, _first_bad_sample(full)))
+            elif not bool(torch.isfinite(value)):
+                found = ("loss", float(value))
+            if ctx.distributed:  # every rank names the same culprit: the lowest bad sample, else a loss
+                seen = [f for f in all_gather_objects(ctx, found) if f is not None]
+                samples = [f[1] for f in seen if f[0] == "sample"]
+                found = ("sample", min(samples)) if samples else (seen[0] if seen else None)
+            if found is not None and found[0] == "sample":
+                raise NonFiniteError(f"training sample {found[1]} of data {recipe.data.name!r} (split "
                                      f"{recipe.data.train_split!r}) holds NaN or infinite values ({where}); "
                                      "fix or remove that sample")
-            if not bool(torch.isfinite(value)):
-                raise NonFiniteLossError(f"training loss is {float(value)} at {where}")
-            raise NonFiniteError(f"another process met a NaN or infinite sample or loss at {where}")
+            if found is not None:
+                raise NonFiniteLossError(f"training loss is {found[1]} at {where}")
+            raise NonFiniteError(f"a NaN or infinite sample or loss was met at {where}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if recipe.clip_grad is not None:
