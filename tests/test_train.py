@@ -898,7 +898,8 @@ def test_ctrl_c_with_loading_workers_is_one_line_and_exit_130(tmp_path):
 
 @pytest.mark.slow
 def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
-    """Only one process loads the NaN sample; both stop naming it (and the same bad test sample)."""
+    """Only one process loads the NaN sample; both stop naming it (and the same bad test sample).
+    When process 0 cannot write the run folder, the other stops too instead of waiting for it."""
     recipe = tiny_recipe(tmp_path, epochs=1, model={"name": SPEC.replace("FC4", "FC3")}, data={"name": DATASET, "T": 4})
     script = write(tmp_path / "ddp_worker.py", f"""\
         import os, sys
@@ -907,7 +908,9 @@ def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
         from sewforge.registry import DATASETS
         from sewforge.train import load_recipe, train
         from sewforge.train.engine import NonFiniteError
+        from sewforge.train.distributed import setup
         DATASETS.add(test_train.DATASET, test_train.Bars, description="test bars")
+        setup("cpu")  # one process group for the three runs below
         rank = os.environ["RANK"]
         for name, override in (("train", "data.kwargs.nan_sample=37"), ("test", "data.kwargs.nan_test_sample=13")):
             try:
@@ -918,6 +921,22 @@ def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
                 message = str(exc)
             with open(os.path.join({str(tmp_path)!r}, "%s%s.txt" % (name, rank)), "w") as f:
                 f.write(message)
+        # process 0 meets a full disk writing last.pt: both stop, with the one line
+        from sewforge import fileio
+        from sewforge.train.engine import RunFolderError
+        real = os.replace
+        def replace(src, dst, *args, **kwargs):
+            if os.path.basename(dst) == "last.pt":
+                raise OSError(28, "No space left on device")
+            return real(src, dst, *args, **kwargs)
+        fileio.os.replace = replace
+        try:
+            train(load_recipe({str(recipe)!r}, ["output=" + os.path.join({str(tmp_path)!r}, "full")]), progress=False)
+            message = "no error"
+        except RunFolderError as exc:
+            message = str(exc)
+        with open(os.path.join({str(tmp_path)!r}, "full%s.txt" % rank), "w") as f:
+            f.write(message)
         sys.stdout.flush()
         os._exit(0)
         """)
@@ -926,7 +945,8 @@ def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     for name, expected in (("train", f"training sample 37 of data {DATASET!r} (split 'train') holds NaN"),
-                           ("test", f"test sample 13 of data {DATASET!r} (split 'test') holds NaN")):
+                           ("test", f"test sample 13 of data {DATASET!r} (split 'test') holds NaN"),
+                           ("full", f"cannot write {str(tmp_path / 'full' / 'last.pt')!r} (No space left on device)")):
         for rank in (0, 1):
             path = tmp_path / f"{name}{rank}.txt"
             assert path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]

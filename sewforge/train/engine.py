@@ -654,25 +654,38 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
                    "firing_rate": te.firing_rate}
             history.append(row)
             rngs = all_gather_objects(ctx, capture_rng())
+            write_error: Optional[RunFolderError] = None
             if ctx.is_main:
-                state = {"epoch": epoch + 1, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                         "scaler": scaler.state_dict(), "best_test_acc": best_acc, "best_epoch": best_epoch,
-                         "history": [dict(r) for r in history], "rng": rngs, "recipe": recipe_to_dict(recipe),
-                         "world_size": ctx.world_size}
-                kept = (f"last.pt of epoch {history[-2]['epoch']} is kept" if len(history) > 1
-                        else "no last.pt was written")
-                if improved:
-                    with _writing(output / "best.pt", output, _kept(history[:-1], output)):
-                        save_checkpoint(output / "best.pt", state)
-                    kept += f" (best.pt already holds epoch {epoch + 1})"
-                with _writing(output / "last.pt", output, kept):
-                    save_checkpoint(output / "last.pt", state)
-                with _writing(output / "summary.csv", output, f"last.pt holds epoch {epoch + 1}; --resume "
-                                                               "writes summary.csv again"):
-                    runlog.append(row, history)
-                with _writing(output / "curves.png", output, "the checkpoints and summary.csv are complete"):
-                    runlog.plot_if_due(history)
+                try:
+                    state = {"epoch": epoch + 1, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                             "scaler": scaler.state_dict(), "best_test_acc": best_acc, "best_epoch": best_epoch,
+                             "history": [dict(r) for r in history], "rng": rngs, "recipe": recipe_to_dict(recipe),
+                             "world_size": ctx.world_size}
+                    kept = (f"last.pt of epoch {history[-2]['epoch']} is kept" if len(history) > 1
+                            else "no last.pt was written")
+                    if improved:
+                        with _writing(output / "best.pt", output, _kept(history[:-1], output)):
+                            save_checkpoint(output / "best.pt", state)
+                        kept += f" (best.pt already holds epoch {epoch + 1})"
+                    with _writing(output / "last.pt", output, kept):
+                        save_checkpoint(output / "last.pt", state)
+                    with _writing(output / "summary.csv", output, f"last.pt holds epoch {epoch + 1}; --resume "
+                                                                   "writes summary.csv again"):
+                        runlog.append(row, history)
+                    with _writing(output / "tensorboard", output, "the checkpoints and summary.csv are complete"):
+                        runlog.add_scalars(row)
+                    with _writing(output / "curves.png", output, "the checkpoints and summary.csv are complete"):
+                        runlog.plot_if_due(history)
+                except RunFolderError as exc:
+                    write_error = exc
+            if ctx.distributed:  # the other processes stop too, instead of waiting for process 0
+                failed = [e for e in all_gather_objects(ctx, None if write_error is None else str(write_error))
+                          if e is not None]
+                if failed and write_error is None:
+                    raise RunFolderError(f"process 0 could not write the run folder: {failed[0]}")
+            if write_error is not None:
+                raise write_error
             say(f"epoch {epoch + 1}/{recipe.epochs}  train loss {tr.loss:.4f} acc {tr.acc:.2f}%  "
                 f"test loss {te.loss:.4f} acc {te.acc:.2f}%  best {best_acc:.2f}% (epoch {best_epoch})  "
                 f"lr {lr:.3g}  firing rate {te.firing_rate:.3f}  {row['seconds']:.1f}s")

@@ -170,13 +170,16 @@ class RunLog:
             return
         # the whole table, renamed into place: a full disk never leaves half a row behind
         atomic_write_text(self.summary_path, _csv_text(list(history) or [row], header=True))
-        if self._tb is not None:
+        self._plotted = False
+
+    def add_scalars(self, row: Dict[str, Any]) -> None:
+        """The epoch's numbers to TensorBoard (when it is installed)."""
+        if self.enabled and self._tb is not None:
             step = int(row["epoch"])
             for key in SUMMARY_COLUMNS[1:]:
                 if not (isinstance(row[key], float) and math.isnan(row[key])):
                     self._tb.add_scalar(key, row[key], step)
             self._tb.flush()
-        self._plotted = False
 
     def plot_if_due(self, history: Sequence[Dict[str, Any]]) -> None:
         """Draw curves.png when ``plot_interval`` seconds have passed since it was last drawn."""
