@@ -8,12 +8,13 @@ removed and the old file, if any, is left as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
-__all__ = ["TMP_SUFFIX", "atomic_file", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["TMP_SUFFIX", "atomic_file", "atomic_write_bytes", "atomic_write_text", "write_problem"]
 
 #: suffix of the temporary files (stale ones, left by a killed process, can be recognised by it)
 TMP_SUFFIX = ".tmp"
@@ -43,3 +44,22 @@ def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
 
 def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_problem(exc: OSError, path: Union[str, os.PathLike], key: str, folder: Union[str, os.PathLike]) -> str:
+    """One line for an OS error met while writing ``path``, which lives under ``folder``, the value
+    of the recipe key ``key``: what failed, the operating system's reason and what to do."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = exc.errno
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        todo = f"free space on that disk, or choose a folder on another disk with {key}=..."
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or isinstance(exc, PermissionError):
+        todo = f"make {str(folder)!r} writable, or choose a writable folder with {key}=..."
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        todo = (f"a file stands where a folder should be on the way to {str(path)!r}: rename or remove it, or "
+                f"choose another folder with {key}=...")
+    elif code == errno.EISDIR:
+        todo = f"a folder stands where that file should be: rename or remove it, or choose another folder with {key}=..."
+    else:
+        todo = f"check that folder, or choose another one with {key}=..."
+    return f"{key}={str(folder)!r}: cannot write {str(path)!r} ({reason}); {todo}"

@@ -188,6 +188,7 @@ def test_frames_that_cannot_be_written_blame_the_frames_folder_not_the_recording
         create_dataset("dvs128_gesture", root=tmp_path / "data", split="test", T=2, workers=1, verbose=False)
     msg = str(info.value)
     assert "frames_number_2_split_by_number" in msg and "cache_dir" in msg and "replace the files" not in msg
+    assert len(msg.splitlines()) == 1 and "a file stands where a folder should be" in msg, msg
     # with a writable cache_dir the same root works
     ds = create_dataset("dvs128_gesture", root=tmp_path / "data", split="test", T=2, workers=1,
                         cache_dir=tmp_path / "cache", verbose=False)
@@ -491,3 +492,36 @@ def test_vectorised_reader_is_an_order_of_magnitude_faster_than_a_python_loop(tm
     for key in ("t", "x", "y", "p"):
         assert ev[key].tolist() == ref[key]
     assert slow > 10 * fast, (slow, fast)
+
+
+@pytest.mark.parametrize("exc, advice", [(OSError(28, "No space left on device"), "free space on that disk"),
+                                         (PermissionError(13, "Permission denied"), "writable")])
+def test_a_full_or_read_only_frame_cache_is_one_line_naming_key_folder_and_reason(tmp_path, monkeypatch, exc,
+                                                                                  advice):
+    """Tests run as root, where chmod stops no write: the failure is raised where a frames file is
+    renamed into place.  The frames written before stay; nothing half-written is left."""
+    from sewforge import fileio
+
+    rng = np.random.default_rng(3)
+    make_gesture_root(tmp_path / "data", rng)
+    cache = tmp_path / "cache" / "frames_number_2_split_by_number"
+    create_dataset("dvs128_gesture", root=tmp_path / "data", split="test", T=2, workers=1, cache_dir=tmp_path / "cache",
+                   verbose=False)
+    before = {p: p.read_bytes() for p in cache.rglob("*.npz")}
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith(".npz"):
+            raise exc
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    with pytest.raises(OSError) as info:
+        create_dataset("dvs128_gesture", root=tmp_path / "data", split="train", T=2, workers=1,
+                       cache_dir=tmp_path / "cache", verbose=False)
+    msg = str(info.value)
+    assert len(msg.splitlines()) == 1, msg
+    assert msg.startswith(f"dvs128_gesture: data.kwargs.cache_dir={str(cache)!r}: cannot write '{cache}")
+    assert f"({exc.strerror}); " in msg and advice in msg and "the 0 frames files written are kept" in msg
+    assert {p: p.read_bytes() for p in cache.rglob("*.npz")} == before
+    assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]

@@ -46,7 +46,8 @@ class Bars(torch.utils.data.Dataset):
     input_shape = (2, 8, 8)
     classes = ("left", "right", "still")
 
-    def __init__(self, root=None, split="train", T=4, *, samples=48, nan_sample=None, interrupt_after=None):
+    def __init__(self, root=None, split="train", T=4, *, samples=48, nan_sample=None, nan_test_sample=None,
+                 interrupt_after=None):
         g = torch.Generator().manual_seed(0 if split == "train" else 1)
         n = samples if split == "train" else samples // 2
         self.y = torch.arange(n) % 3
@@ -55,7 +56,7 @@ class Bars(torch.utils.data.Dataset):
             start = int(torch.randint(2, 6, (1,), generator=g))
             for t in range(T):
                 self.x[i, t, 0, :, (start + (-t, t, 0)[int(self.y[i])]) % 8] += 2.0
-        self.nan_sample = nan_sample
+        self.nan_sample = nan_sample if split == "train" or nan_test_sample is None else nan_test_sample
         self.interrupt_after = interrupt_after if split == "train" else None  # Ctrl-C after that many reads
         self.reads = 0
 
@@ -413,6 +414,28 @@ def test_a_nan_sample_stops_the_run_naming_it_even_when_the_loss_stays_finite(tm
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
+def test_a_nan_test_sample_stops_the_run_and_the_evaluation_naming_it(tmp_path, capsys):
+    """A test accuracy is never computed on NaN frames: training stops before saving the epoch,
+    --eval-only reports no accuracy; both name the test sample."""
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": SPEC.replace("FC4", "FC3")}, data={"name": DATASET, "T": 4},
+                         test_batch_size=5)
+    run = tmp_path / "run"
+    assert main([str(recipe), "--no-progress"]) == 0
+    good, best = digest(run / "last.pt"), digest(run / "best.pt")
+    code = main([str(recipe), "--resume", "epochs=2", "data.kwargs.nan_test_sample=13", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert (f"test sample 13 of data {DATASET!r} (split 'test') holds NaN or infinite values (testing after epoch 2): "
+            "stopped; the checkpoints of epoch 1") in err and "fix or remove that sample" in err
+    assert digest(run / "last.pt") == good and digest(run / "best.pt") == best and len(rows(run)) == 1
+    capsys.readouterr()
+    code = main(["--eval-only", "--checkpoint", str(run / "best.pt"), "data.kwargs.nan_test_sample=13",
+                 "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2 and "test sample 13" in captured.err and "no accuracy is reported" in captured.err
+    assert "acc" not in captured.out
+
+
 def test_a_non_finite_batch_norm_statistic_is_never_saved(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path, epochs=1, model={"name": MODEL}, data={"name": DATASET, "T": 4})
     run = tmp_path / "run"
@@ -751,3 +774,180 @@ def test_compile_that_fails_on_the_first_step_falls_back_to_eager(tmp_path, caps
     assert main([str(recipe), "--no-progress", f"output={tmp_path / 'eager'}"]) == 0
     for key, value in _weights(tmp_path / "eager").items():  # the eager run it fell back to, step for step
         assert torch.equal(_weights(tmp_path / "fallback")[key], value), key
+
+
+# ---------------------------------------------------------------------------------------------
+# OS errors while writing a run folder (tests run as root, where chmod stops no write: the
+# failures are raised where the files are renamed into place)
+# ---------------------------------------------------------------------------------------------
+def _fail_writing(monkeypatch, name: str, exc: OSError) -> None:
+    from sewforge import fileio
+
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            raise exc
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.os, "replace", replace)
+
+
+@pytest.mark.parametrize("name, exc, advice", [
+    ("last.pt", OSError(28, "No space left on device"), "free space on that disk"),
+    ("summary.csv", OSError(28, "No space left on device"), "free space on that disk"),
+    ("args.yaml", PermissionError(13, "Permission denied"), "writable"),
+    ("curves.png", PermissionError(13, "Permission denied"), "writable"),
+])
+def test_a_run_file_that_cannot_be_written_names_key_file_and_reason(tmp_path, capsys, monkeypatch, name, exc,
+                                                                      advice):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    run = tmp_path / "run"
+    assert main([str(recipe), "--no-progress"]) == 0
+    before = {p.name: digest(p) for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    _fail_writing(monkeypatch, name, exc)
+    assert main([str(recipe), "--resume", "epochs=2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"output={str(run)!r}: cannot write {str(run / name)!r} ({exc.strerror}); " in err and advice in err
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    after = {p.name: digest(p) for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after[name] == before[name]  # the previous good file is untouched
+    if name in ("args.yaml", "last.pt"):
+        assert after["summary.csv"] == before["summary.csv"] and after["last.pt"] == before["last.pt"]
+    monkeypatch.undo()
+    assert main([str(recipe), "--resume", "epochs=2", "--no-progress"]) == 0  # and the run goes on
+    assert [r["epoch"] for r in rows(run)] == ["1", "2"]
+
+
+def test_a_full_disk_on_the_first_checkpoint_and_a_file_for_a_folder_are_one_line(tmp_path, capsys, monkeypatch):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    _fail_writing(monkeypatch, "best.pt", OSError(28, "No space left on device"))
+    assert main([str(recipe), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "best.pt" in err and "no checkpoint was written" in err, err
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
+    monkeypatch.undo()
+    (tmp_path / "afile").write_text("not a folder")
+    for output in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        assert main([str(recipe), f"output={output}", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"output={str(output)!r}" in err, err
+        assert "a file stands where a folder should be" in err
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_ctrl_c_with_loading_workers_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C goes to the whole process group, loading workers included: the main process says one
+    line and exits 130; no worker prints a traceback, none is left running."""
+    import signal
+    import time
+
+    child = write(tmp_path / "child.py", f"""\
+        import sys, time
+        import torch
+        from sewforge.registry import DATASETS
+        from sewforge.cli import main
+
+        class Slow(torch.utils.data.Dataset):
+            num_classes, input_shape = 3, (2, 8, 8)
+
+            def __init__(self, root=None, split="train", T=4, **_):
+                self.T = T
+
+            def __len__(self):
+                return 400
+
+            def __getitem__(self, i):
+                open({str(tmp_path / "loading")!r}, "a").close()  # a worker is loading
+                time.sleep(0.02)
+                return torch.zeros(self.T, 2, 8, 8), i % 3
+
+        DATASETS.add("_slow", Slow, description="slow")
+        sys.exit(main(["train", *sys.argv[1:]]))
+        """)
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": "c4k3s1-BN-PLIF-FC3"},
+                         data={"name": "_slow", "T": 4, "workers": 2}, T_train=None)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, str(child), str(recipe), "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env, cwd=str(tmp_path))
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "loading").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(1.0)  # batches are flowing
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.strip().startswith("interrupted before the first epoch ended")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # a worker of the group still runs
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a data-loading worker outlived the interrupted training")
+
+
+@pytest.mark.slow
+def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
+    """Only one process loads the NaN sample; both stop naming it (and the same bad test sample).
+    When process 0 cannot write the run folder, the other stops too instead of waiting for it."""
+    recipe = tiny_recipe(tmp_path, epochs=1, model={"name": SPEC.replace("FC4", "FC3")}, data={"name": DATASET, "T": 4})
+    script = write(tmp_path / "ddp_worker.py", f"""\
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import test_train  # registers the test data set and model
+        from sewforge.registry import DATASETS
+        from sewforge.train import load_recipe, train
+        from sewforge.train.engine import NonFiniteError
+        from sewforge.train.distributed import setup
+        DATASETS.add(test_train.DATASET, test_train.Bars, description="test bars")
+        setup("cpu")  # one process group for the three runs below
+        rank = os.environ["RANK"]
+        for name, override in (("train", "data.kwargs.nan_sample=37"), ("test", "data.kwargs.nan_test_sample=13")):
+            try:
+                train(load_recipe({str(recipe)!r}, [override, "output=" + os.path.join({str(tmp_path)!r}, name)]),
+                      progress=False)
+                message = "no error"
+            except NonFiniteError as exc:
+                message = str(exc)
+            with open(os.path.join({str(tmp_path)!r}, "%s%s.txt" % (name, rank)), "w") as f:
+                f.write(message)
+        # process 0 meets a full disk writing last.pt: both stop, with the one line
+        from sewforge import fileio
+        from sewforge.train.engine import RunFolderError
+        real = os.replace
+        def replace(src, dst, *args, **kwargs):
+            if os.path.basename(dst) == "last.pt":
+                raise OSError(28, "No space left on device")
+            return real(src, dst, *args, **kwargs)
+        fileio.os.replace = replace
+        try:
+            train(load_recipe({str(recipe)!r}, ["output=" + os.path.join({str(tmp_path)!r}, "full")]), progress=False)
+            message = "no error"
+        except RunFolderError as exc:
+            message = str(exc)
+        with open(os.path.join({str(tmp_path)!r}, "full%s.txt" % rank), "w") as f:
+            f.write(message)
+        sys.stdout.flush()
+        os._exit(0)
+        """)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    for name, expected in (("train", f"training sample 37 of data {DATASET!r} (split 'train') holds NaN"),
+                           ("test", f"test sample 13 of data {DATASET!r} (split 'test') holds NaN"),
+                           ("full", f"cannot write {str(tmp_path / 'full' / 'last.pt')!r} (No space left on device)")):
+        for rank in (0, 1):
+            path = tmp_path / f"{name}{rank}.txt"
+            assert path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+            assert expected in path.read_text(), (rank, path.read_text())

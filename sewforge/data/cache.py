@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..fileio import TMP_SUFFIX, atomic_file
+from ..fileio import TMP_SUFFIX, atomic_file, write_problem
 from .aedat import read_aedat3, read_cifar10dvs_aedat
 from .base import DatasetFormatError, DatasetNotFoundError
 from .events import events_to_frames
@@ -79,6 +79,15 @@ def load_frames(path: os.PathLike) -> np.ndarray:
         raise DatasetFormatError(f"{os.fspath(path)}: cannot read frames ({type(exc).__name__}: {exc}); the "
                                  f"file is damaged: delete it and it will be made again from the "
                                  f"recordings") from None
+
+
+def _frames_folder(path: str) -> str:
+    """The ``frames_number_*`` folder that holds the frames file ``path`` (its class folders below)."""
+    p = Path(path)
+    for parent in p.parents:
+        if parent.name.startswith("frames_number_"):
+            return str(parent)
+    return str(p.parent)
 
 
 def remove_stale_temp_files(folder: Path, max_age_s: float = STALE_TEMP_SECONDS) -> int:
@@ -190,10 +199,13 @@ def convert_recordings(jobs: Sequence[FrameJob], *, workers: Optional[int] = Non
         write_errors = [exc for _, exc in failures
                         if isinstance(exc, OSError) and not isinstance(exc, DatasetNotFoundError)]
         if write_errors:
-            folder = os.path.dirname(os.path.dirname(jobs[0].outputs[0][0])) if jobs[0].outputs else "?"
-            advice = (f"frames files could not be written under {folder}: make that folder writable, or "
-                      f"give cache_dir=<a writable folder> (in a recipe: data.kwargs.cache_dir), then run "
-                      f"again to convert only what is missing")
+            source, first = next((src, exc) for src, exc in failures if exc is write_errors[0])
+            outputs = next(job.outputs for job in jobs if job.source == source)
+            target = outputs[0][0] if outputs else source
+            line = write_problem(first, target, "data.kwargs.cache_dir", _frames_folder(target))
+            # one line: the folder is at fault, not the recordings, and every failure says the same
+            raise OSError(f"{label}: {line}; the {written} frames files written are kept, the next run "
+                          "converts only what is missing") from first
         else:
             advice = "replace the files below and run again to convert only what is missing"
         msg = (f"{label}: {len(failures)} of {total} recordings could not be converted to frames "

@@ -31,6 +31,7 @@ from ..data.transforms import temporal_delete, time_major
 from .factories import build_datasets, build_model
 from .recipe import Recipe, dump_recipe, recipe_to_dict
 from .runlog import Progress, RunFolderBusy, RunFolderLock, RunLog, finished_epochs
+from ..fileio import write_problem
 
 __all__ = ["TrainResult", "NonFiniteError", "NonFiniteLossError", "RunFolderError", "train", "evaluate_checkpoint", "build_model",
            "build_datasets", "FiringRateMeter", "temporal_delete", "time_major", "compile_model", "compiler_problem"]
@@ -258,14 +259,22 @@ def _train_epoch(ctx: DistContext, model: nn.Module, loader: DataLoader, optimiz
             finite = flag > 0
         if not bool(finite):
             where = f"epoch {epoch + 1}, step {step}/{total}"
+            found: Optional[Tuple[str, Any]] = None
             if not bool(inputs_finite):
-                index = _dataset_index(loader, step, _first_bad_sample(full))
-                raise NonFiniteError(f"training sample {index} of data {recipe.data.name!r} (split "
+                found = ("sample", _dataset_index(loader, step, _first_bad_sample(full)))
+            elif not bool(torch.isfinite(value)):
+                found = ("loss", float(value))
+            if ctx.distributed:  # every rank names the same culprit: the lowest bad sample, else a loss
+                seen = [f for f in all_gather_objects(ctx, found) if f is not None]
+                samples = [f[1] for f in seen if f[0] == "sample"]
+                found = ("sample", min(samples)) if samples else (seen[0] if seen else None)
+            if found is not None and found[0] == "sample":
+                raise NonFiniteError(f"training sample {found[1]} of data {recipe.data.name!r} (split "
                                      f"{recipe.data.train_split!r}) holds NaN or infinite values ({where}); "
                                      "fix or remove that sample")
-            if not bool(torch.isfinite(value)):
-                raise NonFiniteLossError(f"training loss is {float(value)} at {where}")
-            raise NonFiniteError(f"another process met a NaN or infinite sample or loss at {where}")
+            if found is not None:
+                raise NonFiniteLossError(f"training loss is {found[1]} at {where}")
+            raise NonFiniteError(f"a NaN or infinite sample or loss was met at {where}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if recipe.clip_grad is not None:
@@ -324,9 +333,16 @@ def _evaluate(ctx: DistContext, model: nn.Module, loader: DataLoader, recipe: Re
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     correct5 = torch.zeros((), dtype=torch.int64, device=dev)
     count = 0
+    # the first sample holding NaN or infinite values, by its place in this process's order (-1: none);
+    # checked as in training, but with no sync per step: a reported accuracy is never one of NaN frames
+    first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
     with meter.measuring():
         for step, (x, y) in enumerate(loader, 1):
-            x = time_major(x.to(dev, non_blocking=True))
+            x = x.to(dev, non_blocking=True)
+            ok = torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+            here = torch.where(ok.all(), -1, (~ok).to(torch.int64).argmax() + count)
+            first_bad = torch.where(first_bad < 0, here, first_bad)
+            x = time_major(x)
             y = y.to(dev, non_blocking=True)
             with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=recipe.amp):
                 logits = model(x)
@@ -339,16 +355,34 @@ def _evaluate(ctx: DistContext, model: nn.Module, loader: DataLoader, recipe: Re
                 bar.update(step)
         spikes, outputs = meter.totals()
         top5 = logits.shape[1] >= 5 if count else False
+    bad = int(first_bad)
+    bad_index = _dataset_index(loader, 1, bad) if bad >= 0 else None
+    if ctx.distributed:  # every rank stops, naming the same sample (the lowest bad data set index)
+        found = [i for i in all_gather_objects(ctx, bad_index) if i is not None]
+        bad_index = min(found) if found else None
+    if bad_index is not None:
+        raise NonFiniteError(f"test sample {bad_index} of data {recipe.data.name!r} (split {recipe.data.test_split!r}) "
+                             "holds NaN or infinite values")
     sums = all_reduce_sum(ctx, [float(loss_sum), float(correct), float(count), spikes, outputs, float(correct5)])
     n = max(sums[2], 1.0)
     rate = sums[3] / sums[4] if sums[4] > 0 else float("nan")
     return _EpochStats(sums[0] / n, 100.0 * sums[1] / n, rate, 100.0 * sums[5] / n if top5 else float("nan"))
 
 
+def _worker_ignores_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: a loading worker leaves it to the main process,
+    which prints one line and shuts the workers down (no traceback from each worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(dataset: Dataset, batch_size: int, sampler: Sampler, recipe: Recipe, device: torch.device,
             drop_last: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=recipe.data.workers,
-                      pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=False)
+    workers = recipe.data.workers
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=drop_last, persistent_workers=False,
+                      worker_init_fn=_worker_ignores_ctrl_c if workers > 0 else None)
 
 
 def _configure_torch(recipe: Recipe, device: torch.device) -> None:
@@ -405,8 +439,17 @@ def _lock(lock: Optional[RunFolderLock], output: Path) -> None:
     except RunFolderBusy as exc:
         raise RunFolderError(str(exc)) from None
     except OSError as exc:
-        raise RunFolderError(f"output={str(output)!r}: the run folder or its lock file cannot be created "
-                             f"({exc.strerror or exc}); choose a writable folder with output=...") from None
+        raise RunFolderError(write_problem(exc, lock.path, "output", output)) from None
+
+
+@contextlib.contextmanager
+def _writing(path: Path, output: Path, kept: str = "") -> Iterator[None]:
+    """Turn an OS error while writing ``path`` of the run folder into one line naming ``output=``,
+    the file, the reason and what to do (plus ``kept``: which earlier files are left as they were)."""
+    try:
+        yield
+    except OSError as exc:
+        raise RunFolderError(write_problem(exc, path, "output", output) + (f"; {kept}" if kept else "")) from None
 
 
 def _kept(history: List[Dict[str, float]], output: Path) -> str:
@@ -554,11 +597,15 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
     if ctx.is_main and (overwrite or restart) and ckpt is None:
         if restart:
             say(f"output folder {str(output)!r} holds a run stopped before its first epoch ended: starting it over")
-        RunLog.remove_previous(output)
-    runlog = RunLog(output, enabled=ctx.is_main, start_epoch=start_epoch)
+        with _writing(output, output):
+            RunLog.remove_previous(output)
+    with _writing(output, output):
+        runlog = RunLog(output, enabled=ctx.is_main, start_epoch=start_epoch)
     if ctx.is_main:
-        runlog.write_args(dump_recipe(recipe))
-        runlog.sync_summary(history)
+        with _writing(output / "args.yaml", output):
+            runlog.write_args(dump_recipe(recipe))
+        with _writing(output / "summary.csv", output):
+            runlog.sync_summary(history)
     n_params = sum(p.numel() for p in raw_model.parameters())
     say(f"run folder {output}: model {recipe.model.name!r} ({n_params:,} parameters), data {recipe.data.name!r} "
         f"({len(datasets['train'])} train / {len(datasets['test'])} test), device {ctx.device}"
@@ -593,7 +640,11 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
             if bad is not None:
                 raise NonFiniteError(f"model tensor {bad!r} holds NaN or infinite values after epoch {epoch + 1}: "
                                      f"stopped; {_kept(history, output)}. Try a lower optimizer.lr or clip_grad")
-            te = _evaluate(ctx, raw_model, test_loader, recipe, meter, progress)
+            try:
+                te = _evaluate(ctx, raw_model, test_loader, recipe, meter, progress)
+            except NonFiniteError as exc:
+                raise NonFiniteError(f"{exc} (testing after epoch {epoch + 1}): stopped; {_kept(history, output)}; "
+                                     "fix or remove that sample") from None
             improved = best_epoch == 0 or te.acc > best_acc
             if improved:
                 best_acc, best_epoch = te.acc, epoch + 1
@@ -603,20 +654,46 @@ def _train(recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progr
                    "firing_rate": te.firing_rate}
             history.append(row)
             rngs = all_gather_objects(ctx, capture_rng())
+            write_error: Optional[RunFolderError] = None
             if ctx.is_main:
-                state = {"epoch": epoch + 1, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                         "scaler": scaler.state_dict(), "best_test_acc": best_acc, "best_epoch": best_epoch,
-                         "history": [dict(r) for r in history], "rng": rngs, "recipe": recipe_to_dict(recipe),
-                         "world_size": ctx.world_size}
-                if improved:
-                    save_checkpoint(output / "best.pt", state)
-                save_checkpoint(output / "last.pt", state)
-                runlog.append(row, history)
+                try:
+                    state = {"epoch": epoch + 1, "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                             "scaler": scaler.state_dict(), "best_test_acc": best_acc, "best_epoch": best_epoch,
+                             "history": [dict(r) for r in history], "rng": rngs, "recipe": recipe_to_dict(recipe),
+                             "world_size": ctx.world_size}
+                    kept = (f"last.pt of epoch {history[-2]['epoch']} is kept" if len(history) > 1
+                            else "no last.pt was written")
+                    if improved:
+                        with _writing(output / "best.pt", output, _kept(history[:-1], output)):
+                            save_checkpoint(output / "best.pt", state)
+                        kept += f" (best.pt already holds epoch {epoch + 1})"
+                    with _writing(output / "last.pt", output, kept):
+                        save_checkpoint(output / "last.pt", state)
+                    with _writing(output / "summary.csv", output, f"last.pt holds epoch {epoch + 1}; --resume "
+                                                                   "writes summary.csv again"):
+                        runlog.append(row, history)
+                    with _writing(output / "tensorboard", output, "the checkpoints and summary.csv are complete"):
+                        runlog.add_scalars(row)
+                    with _writing(output / "curves.png", output, "the checkpoints and summary.csv are complete"):
+                        runlog.plot_if_due(history)
+                except RunFolderError as exc:
+                    write_error = exc
+            if ctx.distributed:  # the other processes stop too, instead of waiting for process 0
+                failed = [e for e in all_gather_objects(ctx, None if write_error is None else str(write_error))
+                          if e is not None]
+                if failed and write_error is None:
+                    raise RunFolderError(f"process 0 could not write the run folder: {failed[0]}")
+            if write_error is not None:
+                raise write_error
             say(f"epoch {epoch + 1}/{recipe.epochs}  train loss {tr.loss:.4f} acc {tr.acc:.2f}%  "
                 f"test loss {te.loss:.4f} acc {te.acc:.2f}%  best {best_acc:.2f}% (epoch {best_epoch})  "
                 f"lr {lr:.3g}  firing rate {te.firing_rate:.3f}  {row['seconds']:.1f}s")
-    finally:
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error in flight is the one to report
+            runlog.close(history)
+        raise
+    with _writing(output / "curves.png", output, "the checkpoints and summary.csv are complete"):
         runlog.close(history)
     return TrainResult(output, len(history), best_acc, best_epoch, history, raw_model)
 
@@ -645,7 +722,10 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Union[str, Path], *, progres
                                   f"{exc}") from None
         loader = _loader(test_set, recipe.test_batch_size or recipe.batch_size,
                          _ShardSampler(len(test_set), ctx.rank, ctx.world_size), recipe, ctx.device, False)
-        stats = _evaluate(ctx, model, loader, recipe, FiringRateMeter(model), progress)
+        try:
+            stats = _evaluate(ctx, model, loader, recipe, FiringRateMeter(model), progress)
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{exc}: no accuracy is reported; fix or remove that sample") from None
         result = {"epoch": int(ckpt.get("epoch", 0)), "test_loss": stats.loss, "test_acc": stats.acc,
                   "test_acc5": stats.acc5, "firing_rate": stats.firing_rate, "samples": len(test_set)}
         if ctx.is_main:

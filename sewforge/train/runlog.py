@@ -3,7 +3,7 @@
 Run folder::
 
     args.yaml     the resolved recipe (rerun it as is)
-    summary.csv   one row per finished epoch, append-only
+    summary.csv   one row per finished epoch (rewritten whole, atomically, after each)
     last.pt       checkpoint after the last finished epoch
     best.pt       checkpoint of the epoch with the best test accuracy
     curves.png    loss, accuracy, learning rate and firing rate against the epoch
@@ -168,17 +168,21 @@ class RunLog:
     def append(self, row: Dict[str, Any], history: Sequence[Dict[str, Any]]) -> None:
         if not self.enabled:
             return
-        new = not self.summary_path.exists()
-        with open(self.summary_path, "a", newline="", encoding="utf-8") as fh:
-            fh.write(_csv_text([row], header=new))
-            fh.flush()
-        if self._tb is not None:
+        # the whole table, renamed into place: a full disk never leaves half a row behind
+        atomic_write_text(self.summary_path, _csv_text(list(history) or [row], header=True))
+        self._plotted = False
+
+    def add_scalars(self, row: Dict[str, Any]) -> None:
+        """The epoch's numbers to TensorBoard (when it is installed)."""
+        if self.enabled and self._tb is not None:
             step = int(row["epoch"])
             for key in SUMMARY_COLUMNS[1:]:
                 if not (isinstance(row[key], float) and math.isnan(row[key])):
                     self._tb.add_scalar(key, row[key], step)
             self._tb.flush()
-        self._plotted = False
+
+    def plot_if_due(self, history: Sequence[Dict[str, Any]]) -> None:
+        """Draw curves.png when ``plot_interval`` seconds have passed since it was last drawn."""
         if time.perf_counter() - self._last_plot >= self.plot_interval:
             self.plot(history)
 
@@ -213,10 +217,12 @@ class RunLog:
 
     def close(self, history: Sequence[Dict[str, Any]] = ()) -> None:
         """Draw the curves if the last epochs are not on them yet; close TensorBoard."""
-        self.plot(history)
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        try:
+            self.plot(history)
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
 
     @staticmethod
     def remove_previous(folder: Path) -> None:
