@@ -42,7 +42,7 @@ def mark_spikes(t: torch.Tensor, binary: bool = False, *, bound: Optional[int] =
     copies another tensor's mark (:func:`spike_kind`).
 
     Not under ``torch.compile``, whose compiled graph decides itself what it saves."""
-    if torch.compiler.is_compiling():
+    if _compiling():
         return t
     if kind is None:
         if binary or (bound is not None and bound <= 1):

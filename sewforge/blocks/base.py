@@ -240,11 +240,18 @@ def unfused(module: nn.Module) -> Iterator[List[nn.Module]]:
     """Run the blocks of ``module`` with ``fuse=False`` inside the ``with`` body, so forward hooks
     on each ``block.sn_last`` see A rather than ``g(A, S)``; restores the previous settings."""
     blocks = list(iter_blocks(module))
+    with _fuse_off(blocks):
+        yield blocks
+
+
+@contextlib.contextmanager
+def _fuse_off(blocks: List[nn.Module]) -> Iterator[None]:
+    """``fuse=False`` on ``blocks`` inside the ``with`` body; their settings restored after."""
     before = [b.fuse for b in blocks]
     try:
         for b in blocks:
             b.fuse = False
-        yield blocks
+        yield
     finally:
         for b, f in zip(blocks, before):
             b.fuse = f
@@ -263,16 +270,11 @@ def spike_counting(module: nn.Module) -> Iterator[List[nn.Module]]:
     forward hook on their ``sn_last`` sees A; yields the counting neurons, restores the settings."""
     counting = [m for m in module.modules() if counts_spikes(m)]
     before = [m.count_spikes for m in counting]
-    blocks = [b for b in iter_blocks(module) if not counts_spikes(b.sn_last)]
-    fused = [b.fuse for b in blocks]
     try:
         for m in counting:
             m.count_spikes = True
-        for b in blocks:
-            b.fuse = False
-        yield counting
+        with _fuse_off([b for b in iter_blocks(module) if not counts_spikes(b.sn_last)]):
+            yield counting
     finally:
         for m, c in zip(counting, before):
             m.count_spikes = c
-        for b, f in zip(blocks, fused):
-            b.fuse = f
