@@ -18,20 +18,11 @@ from sewforge.interop import NIRExportError, run_nir, to_nir, write_nir  # noqa:
 from sewforge.models import create_model  # noqa: E402
 from sewforge.neurons import BaseNeuron  # noqa: E402
 
+from random_nets import randomize  # noqa: E402
+
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 2 + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.5 + 0.3)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-            w = getattr(m, "w", None)
-            if isinstance(w, nn.Parameter) and w.dim() == 0:
-                w.copy_(torch.randn((), generator=gen))
-    return model.double().eval()
+    return randomize(model, seed).double()
 
 
 def _check(model: nn.Module, x: torch.Tensor, tmp_path, min_nodes: int) -> dict:

@@ -263,3 +263,23 @@ def profile_top(step: Callable[[], Any], device: torch.device, rows: int = 10) -
     if device.type == "cuda":
         out.append(averages.table(sort_by="self_cuda_time_total", row_limit=rows))
     return "\n".join(out)
+
+
+def measure_peak(row: Dict[str, Any], case: Callable[[], None], device: torch.device, prepare: Callable[[], None],
+                 probe: Dict[str, Any], skip_rss: bool) -> None:
+    """Fill ``row`` with the peak memory of one run of ``case``: ``max_memory_allocated`` on CUDA,
+    else peak RSS in a fresh subprocess described by ``probe`` (unless ``skip_rss``); failures go
+    to ``row["memory_error"]`` so that the other rows are still measured."""
+    try:
+        if device.type == "cuda":
+            row["peak_mib"] = cuda_peak_above_baseline(case, device, prepare=prepare) / 2 ** 20
+            row["memory_method"] = CUDA_METHOD
+        elif not skip_rss:
+            res = probe_in_subprocess(probe)
+            if "error" in res:
+                row["memory_error"] = res["error"]
+            else:
+                row["peak_mib"] = res["peak_bytes"] / 2 ** 20
+                row["memory_method"] = res["method"]
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        row["memory_error"] = f"{type(exc).__name__}: {exc}"

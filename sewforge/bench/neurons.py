@@ -254,21 +254,8 @@ def _run_shape(shape, dtype, dtype_name, impls, device, args, bandwidth, traffic
             row["vs_sj"] = row["ms"] / sj_ms
     # memory, one implementation at a time
     for key in list(cases):
-        row = rows[key]
-        try:
-            if device.type == "cuda":
-                row["peak_mib"] = common.cuda_peak_above_baseline(
-                    cases[key], device, prepare=lambda: setattr(x, "grad", None)) / 2 ** 20
-                row["memory_method"] = common.CUDA_METHOD
-            elif not args.no_rss:
-                res = common.probe_in_subprocess(dict(kind="neuron", impl=key, neuron=args.neuron, shape=list(shape),
-                                                      dtype=dtype_name, threads=threads, device="cpu"))
-                if "error" in res:
-                    row["memory_error"] = res["error"]
-                else:
-                    row["peak_mib"] = res["peak_bytes"] / 2 ** 20
-                    row["memory_method"] = res["method"]
-        except Exception as exc:  # noqa: BLE001
-            row["memory_error"] = f"{type(exc).__name__}: {exc}"
+        common.measure_peak(rows[key], cases[key], device, lambda: setattr(x, "grad", None),
+                            dict(kind="neuron", impl=key, neuron=args.neuron, shape=list(shape), dtype=dtype_name,
+                                 threads=threads, device="cpu"), args.no_rss)
     del x, grad, cases
     return list(rows.values())

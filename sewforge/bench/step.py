@@ -252,21 +252,9 @@ def _run_model(cfg, keys, device, args, amp, threads, order, profiles, meta):
         rows[key]["times_ms"] = [s * 1e3 for s in t]
     for key in list(steps):
         row = rows[key]
-        try:
-            if device.type == "cuda":
-                row["peak_mib"] = common.cuda_peak_above_baseline(
-                    steps[key], device, prepare=lambda o=optimizers[key]: o.zero_grad(set_to_none=True)) / 2 ** 20
-                row["memory_method"] = common.CUDA_METHOD
-            elif not args.no_rss:
-                res = common.probe_in_subprocess(dict(kind="step", impl=key, cfg=cfg, threads=threads, device="cpu",
-                                                      memory=args.memory, channels_last=args.channels_last))
-                if "error" in res:
-                    row["memory_error"] = res["error"]
-                else:
-                    row["peak_mib"] = res["peak_bytes"] / 2 ** 20
-                    row["memory_method"] = res["method"]
-        except Exception as exc:  # noqa: BLE001
-            row["memory_error"] = f"{type(exc).__name__}: {exc}"
+        common.measure_peak(row, steps[key], device, lambda o=optimizers[key]: o.zero_grad(set_to_none=True),
+                            dict(kind="step", impl=key, cfg=cfg, threads=threads, device="cpu", memory=args.memory,
+                                 channels_last=args.channels_last), args.no_rss)
         if args.profile:
             profiles[f"{name} / {row['implementation']}"] = common.profile_top(steps[key], device)
     ref = rows.get("spikingjelly", {})
