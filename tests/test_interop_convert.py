@@ -22,13 +22,12 @@ from sewforge.models import create_model  # noqa: E402
 from random_nets import randomize  # noqa: E402
 
 
-_randomize = randomize
 
 
 def _sj(factory, **kw) -> nn.Module:
     net = factory(step_mode="m", **kw)
     functional.set_step_mode(net, "m")
-    return _randomize(net)
+    return randomize(net)
 
 
 @torch.no_grad()
@@ -144,7 +143,7 @@ def _save_2021(path, model_state, **args):
 
 def test_2021_dvs_7b_net_with_its_namespace(tmp_path):
     torch.manual_seed(0)
-    src = _randomize(_SEW7B2021("IAND"))
+    src = randomize(_SEW7B2021("IAND"))
     path = tmp_path / "checkpoint_max.pth"
     _save_2021(path, src.state_dict(), connect_f="IAND", T=4, lr=0.063, device="cuda:0")
     with pytest.raises(Exception):  # the file is not loadable with plain weights_only
