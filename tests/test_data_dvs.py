@@ -525,3 +525,69 @@ def test_a_full_or_read_only_frame_cache_is_one_line_naming_key_folder_and_reaso
     assert f"({exc.strerror}); " in msg and advice in msg and "the 0 frames files written are kept" in msg
     assert {p: p.read_bytes() for p in cache.rglob("*.npz")} == before
     assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_during_parallel_conversion_stops_cleanly_and_keeps_finished_files(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group: the workers finish the recording in
+    hand, the rest are cancelled, one line says what is kept, and no worker prints a traceback."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "slowjob.py").write_text(textwrap.dedent(f"""\
+        import os, time
+        from dataclasses import dataclass
+
+        @dataclass
+        class Job:
+            i: int
+            T: int = 4
+            split_by: str = "number"
+
+            @property
+            def source(self):
+                return "recording%d" % self.i
+
+            @property
+            def outputs(self):
+                return []
+
+        def slow(job):
+            time.sleep(0.4)
+            open(os.path.join({str(tmp_path)!r}, "done%d" % job.i), "w").close()
+            return 1
+        """))
+    (tmp_path / "run.py").write_text(textwrap.dedent(f"""\
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import slowjob
+        from sewforge.data import cache
+        cache.run_job = slowjob.slow
+        try:
+            cache.convert_recordings([slowjob.Job(i) for i in range(40)], workers=2, label="test data")
+        except KeyboardInterrupt:
+            sys.exit(130)
+        """))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py")], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stderr:  # wait until conversion is under way
+        lines.append(line)
+        if "/40 recordings" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "test data: interrupted; the" in err and "next run converts only what is missing" in err, err
+    done = len(list(tmp_path.glob("done*")))
+    assert 2 <= done < 40, done  # the recordings in hand were finished, the rest never started
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no worker left behind
+        os.killpg(proc.pid, 0)

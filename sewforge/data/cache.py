@@ -10,6 +10,7 @@ recording per task; a recording that cannot be read is reported by name after th
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import zipfile
@@ -147,6 +148,10 @@ def run_job(job: FrameJob) -> int:
     return len(job.outputs)
 
 
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def convert_recordings(jobs: Sequence[FrameJob], *, workers: Optional[int] = None, label: str = "",
                        verbose: bool = True) -> int:
     """Run ``jobs`` (``workers`` processes; 1 = in this process).  Returns frames files written.
@@ -182,7 +187,10 @@ def convert_recordings(jobs: Sequence[FrameJob], *, workers: Optional[int] = Non
                 failures.append((job.source, exc))
             progress(i)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # Ctrl-C reaches the workers too: they ignore it and finish the recording in hand (each
+        # frames file is written atomically), this process cancels the rest and says what is kept
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_ctrl_c)
+        try:
             futures = {pool.submit(run_job, job): job for job in jobs}
             for i, future in enumerate(as_completed(futures), 1):
                 try:
@@ -190,6 +198,13 @@ def convert_recordings(jobs: Sequence[FrameJob], *, workers: Optional[int] = Non
                 except Exception as exc:  # reported below with the recording's name
                     failures.append((futures[future].source, exc))
                 progress(i)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            print(f"{label}: interrupted; the {written} frames files written are kept and the next run converts "
+                  "only what is missing", file=sys.stderr, flush=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
     if failures:
         failures.sort(key=lambda f: f[0])
         lines = "\n".join(f"  {src}: {exc}" for src, exc in failures[:10])
