@@ -343,7 +343,7 @@ def _unfused_rate(model, x):
 
 def _check_counted_rates(net, x):
     from sewforge.analysis.rates import firing_rates
-    from sewforge.train.engine import FiringRateMeter
+    from sewforge.train.meters import FiringRateMeter
 
     expected = _unfused_rate(net, x)
     meter = FiringRateMeter(net)

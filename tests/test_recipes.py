@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sewforge.train import load_recipe
-from sewforge.train.engine import build_model
+from sewforge.train.factories import build_model
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 

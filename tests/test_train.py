@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sewforge.train import RecipeError, load_checkpoint, load_recipe, recipe_from_dict, recipe_to_dict
-from sewforge.train.engine import temporal_delete, time_major
+from sewforge.data.transforms import temporal_delete, time_major
 from sewforge.train.runlog import SUMMARY_COLUMNS
 from sewforge.cli import main as _sewforge_main
 
@@ -587,7 +587,8 @@ def test_two_process_ddp_run_ends_with_identical_weights(tmp_path):
 def test_evaluation_reports_top1_and_top5_accuracy():
     """Table 2 reports Acc@1 and Acc@5: the evaluation computes both (top-5 only with >= 5 classes)."""
     from sewforge.train.distributed import DistContext
-    from sewforge.train.engine import FiringRateMeter, _evaluate
+    from sewforge.train.epochs import evaluate
+    from sewforge.train.meters import FiringRateMeter
     from sewforge.train.recipe import recipe_from_dict
 
     class Fixed(torch.nn.Module):
@@ -605,10 +606,10 @@ def test_evaluation_reports_top1_and_top5_accuracy():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
     recipe = recipe_from_dict({"model": {"name": SPEC}, "data": {"name": "synthetic", "T": 1}})
     model = Fixed(ranks)
-    stats = _evaluate(DistContext(), model, loader, recipe, FiringRateMeter(model), progress=False)
+    stats = evaluate(DistContext(), model, loader, recipe, FiringRateMeter(model), progress=False)
     assert stats.acc == pytest.approx(25.0) and stats.acc5 == pytest.approx(75.0)
     three = Fixed(ranks[:, :3])
-    stats = _evaluate(DistContext(), three, loader, recipe, FiringRateMeter(three), progress=False)
+    stats = evaluate(DistContext(), three, loader, recipe, FiringRateMeter(three), progress=False)
     assert math.isnan(stats.acc5)
 
 
@@ -624,12 +625,12 @@ def test_asking_for_a_missing_gpu_is_an_error_message_not_a_traceback(tmp_path, 
 
 def test_data_that_cannot_be_written_is_an_error_message_not_a_traceback(tmp_path, capsys, monkeypatch):
     """A read-only dataset root (frames cannot be cached there) or output folder: exit 2, one message."""
-    import sewforge.train.engine as engine
+    import sewforge.train.loop as loop
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/data/DVS128Gesture/frames_number_16_split_by_number")
 
-    monkeypatch.setattr(engine, "build_datasets", read_only)
+    monkeypatch.setattr(loop, "build_datasets", read_only)
     assert main([str(tiny_recipe(tmp_path)), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Permission denied" in err and "frames_number_16_split_by_number" in err
@@ -708,7 +709,7 @@ def test_memory_channels_last_and_compile_keys_are_checked_with_file_and_line(tm
 def test_recipe_memory_and_channels_last_reach_the_model(tmp_path):
     from types import SimpleNamespace
 
-    from sewforge.train.engine import build_model
+    from sewforge.train.factories import build_model
 
     data = SimpleNamespace(num_classes=11, input_shape=(2, 128, 128))
     recipe = load_recipe(write(tmp_path / "r.yaml", "model: {name: sew7b_gesture, memory: recompute, "
@@ -740,13 +741,13 @@ def test_training_with_recompute_and_channels_last_ends_with_the_same_weights(tm
 
 
 def test_compile_without_a_working_compiler_warns_once_and_trains_eager(tmp_path, capsys, monkeypatch):
-    import sewforge.train.engine as engine
+    import sewforge.train.compile as compiling
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler found\nsecond line")
 
     monkeypatch.setattr(torch, "compile", no_compiler)
-    monkeypatch.setattr(engine, "_COMPILER_PROBLEMS", {})
+    monkeypatch.setattr(compiling, "_COMPILER_PROBLEMS", {})
     recipe = tiny_recipe(tmp_path, epochs=1, compile=True)
     assert main([str(recipe), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -757,7 +758,7 @@ def test_compile_without_a_working_compiler_warns_once_and_trains_eager(tmp_path
 
 
 def test_compile_that_fails_on_the_first_step_falls_back_to_eager(tmp_path, capsys, monkeypatch):
-    import sewforge.train.engine as engine
+    import sewforge.train.compile as compiling
 
     def compile_that_breaks(module, **kwargs):
         def run(*args, **kw):
@@ -765,7 +766,7 @@ def test_compile_that_fails_on_the_first_step_falls_back_to_eager(tmp_path, caps
         return run
 
     monkeypatch.setattr(torch, "compile", compile_that_breaks)
-    monkeypatch.setattr(engine, "compiler_problem", lambda device: None)
+    monkeypatch.setattr(compiling, "compiler_problem", lambda device: None)
     recipe = tiny_recipe(tmp_path, epochs=1, compile=True)
     assert main([str(recipe), "--no-progress", f"output={tmp_path / 'fallback'}"]) == 0
     out = capsys.readouterr().out
@@ -907,7 +908,7 @@ def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
         import test_train  # registers the test data set and model
         from sewforge.registry import DATASETS
         from sewforge.train import load_recipe, train
-        from sewforge.train.engine import NonFiniteError
+        from sewforge.train import NonFiniteError
         from sewforge.train.distributed import setup
         DATASETS.add(test_train.DATASET, test_train.Bars, description="test bars")
         setup("cpu")  # one process group for the three runs below
@@ -923,7 +924,7 @@ def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
                 f.write(message)
         # process 0 meets a full disk writing last.pt: both stop, with the one line
         from sewforge import fileio
-        from sewforge.train.engine import RunFolderError
+        from sewforge.train import RunFolderError
         real = os.replace
         def replace(src, dst, *args, **kwargs):
             if os.path.basename(dst) == "last.pt":

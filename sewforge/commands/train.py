@@ -124,7 +124,8 @@ def _interrupted(recipe: Optional[Recipe], args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.engine import NonFiniteError, RunFolderError, evaluate_checkpoint, train
+    from ..train.errors import NonFiniteError, RunFolderError
+    from ..train.loop import evaluate_checkpoint, train
 
     recipe: Optional[Recipe] = None
     try:

@@ -12,15 +12,14 @@ import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistContext", "setup", "teardown", "all_reduce_sum", "all_gather_objects", "average_bn_buffers",
-           "main_process_first",
-           "resolve_device"]
+           "main_process_first", "resolve_device", "agree"]
 
 
 @dataclass
@@ -131,3 +130,13 @@ def average_bn_buffers(ctx: DistContext, model: nn.Module) -> None:
                 if buf is not None:
                     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
                     buf /= ctx.world_size
+
+
+def agree(ctx: DistContext, error: Optional[BaseException]) -> None:
+    """Raise on every rank when one rank failed during set-up (instead of leaving others waiting)."""
+    errors = all_gather_objects(ctx, None if error is None else (type(error).__name__, str(error)))
+    if error is not None:
+        raise error
+    for e in errors:
+        if e is not None:
+            raise RuntimeError(f"another process failed during set-up: {e[0]}: {e[1]}")
