@@ -1,7 +1,7 @@
 """Training from YAML recipes: ``sewforge train recipes/quickstart.yaml key=value`` (the command
 line is :mod:`sewforge.commands.train`; ``python -m sewforge.train`` runs it).
 
-- :mod:`.recipe`: the typed, validated recipe schema and its loader,
+- :mod:`.recipe`: the typed recipe schema, reading YAML with lines, checks and overrides,
 - :mod:`.loop`: the run (``train``, ``evaluate_checkpoint``): set-up, the epochs, saving,
 - :mod:`.epochs`: one training epoch (AMP, random temporal delete) and one test pass,
 - :mod:`.resume`: continuing from a checkpoint (weights, optimizer, schedule, random streams),
