@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -338,6 +339,96 @@ def test_run_folder_contents_and_exact_resume(tmp_path, capsys):
         assert state["epoch"] >= 1 and "recipe" in state
 
 
+# ---------------------------------------------------------------------------------------------
+# train.log and the logger sewforge.train
+# ---------------------------------------------------------------------------------------------
+_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+
+
+def _logged(folder: Path):
+    """The lines of ``folder/train.log`` without their times (each must have one)."""
+    lines = (folder / "train.log").read_text().splitlines()
+    assert all(_STAMP.match(line) for line in lines), lines
+    return [_STAMP.sub("", line, count=1) for line in lines]
+
+
+def test_train_log_holds_the_printed_lines_with_their_time_and_resume_appends(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    run = tmp_path / "run"
+    assert main([str(recipe), "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "INFO" not in "\n".join(printed)
+    first = _logged(run)
+    assert first == [line for line in printed if not line.startswith("done:")]  # done: is the command's own
+    assert any(line.startswith("epoch 1/1  train loss") for line in first)
+    before = (run / "train.log").read_text()
+    assert main([str(recipe), "epochs=2", "--resume", "--no-progress"]) == 0
+    assert (run / "train.log").read_text().startswith(before)
+    again = _logged(run)[len(first):]
+    assert again[0].startswith("resuming with a changed recipe") and again[-1].startswith("epoch 2/2  train loss")
+    assert main([str(recipe), "--overwrite", "--no-progress"]) == 0  # a new run starts a new log
+    assert len([line for line in _logged(run) if line.startswith("run folder")]) == 1
+
+
+def test_a_handler_on_the_sewforge_train_logger_hears_every_line(tmp_path):
+    import logging
+
+    from sewforge.train import evaluate_checkpoint, train
+
+    heard = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            heard.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("sewforge.train").addHandler(handler)
+    try:
+        printed = []
+        recipe = load_recipe(tiny_recipe(tmp_path))
+        train(recipe, progress=False, log=printed.append)
+        evaluate_checkpoint(recipe, tmp_path / "run" / "last.pt", progress=False, log=printed.append)
+    finally:
+        logging.getLogger("sewforge.train").removeHandler(handler)
+    assert heard == printed and len([line for line in heard if line.startswith("epoch ")]) == 2
+    assert "(epoch 2): test loss" in heard[-1]
+    assert _logged(tmp_path / "run") == printed[:-1]  # the evaluation writes no run folder
+
+
+@pytest.mark.parametrize("failure", ["a folder in its place", "a full disk after the first line"])
+def test_a_train_log_that_cannot_be_written_is_said_once_and_the_run_goes_on(tmp_path, capsys, monkeypatch,
+                                                                           failure):
+    import types
+
+    from sewforge.train import logs
+
+    run = tmp_path / "run"
+    if failure == "a folder in its place":
+        (run / "train.log").mkdir(parents=True)
+        reason = "(Is a directory); a folder stands where that file should be"
+    else:
+        writes = []
+
+        def write(fd, data):
+            writes.append(data)
+            if len(writes) > 1:
+                raise OSError(28, "No space left on device")
+            return os.write(fd, data)
+
+        monkeypatch.setattr(logs, "os", types.SimpleNamespace(
+            **{name: getattr(os, name) for name in ("open", "close", "O_WRONLY", "O_APPEND", "O_CREAT")}, write=write))
+        reason = "(No space left on device); free space on that disk"
+    assert main([str(tiny_recipe(tmp_path)), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    said = [line for line in captured.out.splitlines() if "train.log" in line]
+    assert said == [f"output={str(run)!r}: cannot write {str(run / 'train.log')!r} {reason}"
+                    + said[0].split(reason, 1)[1]], captured.out
+    assert said[0].endswith("; the run goes on, with its lines on the console only") and not captured.err
+    assert [r["epoch"] for r in rows(run)] == ["1", "2"]
+    if failure != "a folder in its place":
+        assert _logged(run) == [captured.out.splitlines()[0]]  # whole lines only
+
+
 def test_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path, epochs=1)
     assert main([str(recipe), "--no-progress"]) == 0
@@ -395,6 +486,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert "checkpoints of epoch 1" in err and "are kept" in err and len(err.strip().splitlines()) == 1
     assert digest(run / "last.pt") == good
     assert len(rows(run)) == 1
+    last = (run / "train.log").read_text().splitlines()[-1]  # the log keeps why the run stopped
+    assert "stopped: NonFiniteLossError: training loss is nan at epoch 2" in last
 
 
 @pytest.mark.parametrize("model", [MODEL, SPEC.replace("FC4", "FC3")])

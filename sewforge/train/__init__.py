@@ -12,6 +12,7 @@ line is :mod:`sewforge.commands.train`; ``python -m sewforge.train`` runs it).
 - :mod:`.loaders`: data loaders and samplers; :mod:`.runtime`: seeds, threads, precision,
 - :mod:`.checkpoint`: atomic, ``weights_only``-loadable checkpoints with generator states,
 - :mod:`.runlog`: the run folder (summary.csv, TensorBoard, curves.png) and progress display,
+- :mod:`.logs`: what a run says, through the logger ``sewforge.train``: the console and train.log,
 - :mod:`.distributed`: ``torchrun`` process groups (NCCL on GPUs, gloo on CPUs),
 - :mod:`.errors`: the errors a run stops with.
 """

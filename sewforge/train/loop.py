@@ -27,6 +27,7 @@ from .errors import NonFiniteError, NonFiniteLossError, RunFolderError
 from .factories import build_datasets, build_model, build_optimizer, build_scheduler
 from .finite import first_non_finite
 from .loaders import Loaders, check_sample, eval_loader, training_loaders
+from .logs import TrainLog
 from .meters import FiringRateMeter
 from .recipe import Recipe, recipe_to_dict
 from .resume import RunState, continue_random_streams, restore
@@ -49,10 +50,6 @@ class TrainResult:
     model: nn.Module = field(repr=False)
 
 
-def _print(msg: str) -> None:
-    print(msg, flush=True)
-
-
 def train(recipe: Recipe, *, resume: Union[None, bool, str, Path] = None, overwrite: bool = False,
           progress: bool = True, log: Optional[Say] = None) -> TrainResult:
     """Train as the recipe says and return the result (only rank 0 writes the run folder).
@@ -60,13 +57,14 @@ def train(recipe: Recipe, *, resume: Union[None, bool, str, Path] = None, overwr
     ``resume``: True continues ``<output>/last.pt``; a path names a checkpoint or run folder.
     Raises :class:`NonFiniteLossError` when the loss stops being finite (the last good checkpoint is
     kept), :class:`RunFolderError` when ``output`` holds another run and neither ``resume`` nor
-    ``overwrite`` is given.
+    ``overwrite`` is given.  Every line said goes to ``log`` (``print`` by default), to the logger
+    ``sewforge.train`` and, with its time, to ``train.log`` in the run folder.
     """
     ctx = setup(recipe.device)
     lock = RunFolderLock(Path(recipe.output)) if ctx.is_main else None
-    say = (log or _print) if ctx.is_main else (lambda msg: None)
     try:
-        return _Run.start(recipe, ctx, resume, overwrite, progress, say, lock).run()
+        with TrainLog(log, enabled=ctx.is_main) as say:
+            return _Run.start(recipe, ctx, resume, overwrite, progress, say, lock).run()
     finally:
         if lock is not None:
             lock.release()
@@ -95,7 +93,7 @@ class _Run:
         return Path(self.recipe.output)
 
     @classmethod
-    def start(cls, recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progress: bool, say: Say,
+    def start(cls, recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progress: bool, say: TrainLog,
               lock: Optional[RunFolderLock]) -> "_Run":
         """Everything is checked and built before the run folder is touched."""
         output = Path(recipe.output)
@@ -116,6 +114,7 @@ class _Run:
         seed_everything(recipe.seed + ctx.rank)
         loaders = training_loaders(recipe, datasets, ctx)
         runlog = open_run_folder(ctx, recipe, lock, found, overwrite, state, say)
+        say.keep_in(output)
         n_params = sum(p.numel() for p in raw_model.parameters())
         say(f"run folder {output}: model {recipe.model.name!r} ({n_params:,} parameters), data {recipe.data.name!r} "
             f"({len(datasets['train'])} train / {len(datasets['test'])} test), device {ctx.device}"
@@ -253,8 +252,8 @@ def _wrap(model: nn.Module, recipe: Recipe, ctx: DistContext, say: Say) -> nn.Mo
 
 def evaluate_checkpoint(recipe: Recipe, checkpoint: Union[str, Path], *, progress: bool = True,
                         log: Optional[Say] = None) -> Dict[str, float]:
-    """Test the weights of ``checkpoint`` on the recipe's test split (all T frames)."""
-    log = log or _print
+    """Test the weights of ``checkpoint`` on the recipe's test split (all T frames); the result line
+    goes to ``log`` (``print`` by default) and to the logger ``sewforge.train``."""
     ctx = setup(recipe.device)
     try:
         error: Optional[BaseException] = None
@@ -279,9 +278,9 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: Union[str, Path], *, progres
             raise NonFiniteError(f"{exc}: no accuracy is reported; fix or remove that sample") from None
         result = {"epoch": int(ckpt.get("epoch", 0)), "test_loss": stats.loss, "test_acc": stats.acc,
                   "test_acc5": stats.acc5, "firing_rate": stats.firing_rate, "samples": len(test_set)}
-        if ctx.is_main:
-            top5 = "" if math.isnan(stats.acc5) else f"  top-5 {stats.acc5:.2f}%"
-            log(f"{checkpoint} (epoch {result['epoch']}): test loss {stats.loss:.4f}  acc {stats.acc:.2f}%{top5}  "
+        top5 = "" if math.isnan(stats.acc5) else f"  top-5 {stats.acc5:.2f}%"
+        with TrainLog(log, enabled=ctx.is_main) as say:
+            say(f"{checkpoint} (epoch {result['epoch']}): test loss {stats.loss:.4f}  acc {stats.acc:.2f}%{top5}  "
                 f"firing rate {stats.firing_rate:.3f}  ({len(test_set)} samples, T={recipe.data.T})")
         return result
     finally:

@@ -8,6 +8,7 @@ Run folder::
     best.pt       checkpoint of the epoch with the best test accuracy
     curves.png    loss, accuracy, learning rate and firing rate against the epoch
     tensorboard/  TensorBoard events (when tensorboard is installed)
+    train.log     every line the run said, with its time (appended by --resume; see .logs)
     .lock         held (an OS lock) by the training writing the folder: its pid, host and start time
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ LOCK_NAME = ".lock"
 SUMMARY_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc5", "best_test_acc", "lr",
                    "seconds", "firing_rate")
 #: Files and folders a run writes (and ``--overwrite`` removes).
-RUN_FILES = ("args.yaml", "summary.csv", "last.pt", "best.pt", "curves.png", "tensorboard")
+RUN_FILES = ("args.yaml", "summary.csv", "last.pt", "best.pt", "curves.png", "tensorboard", "train.log")
 
 
 def _fmt(value: Any) -> str:
