@@ -257,6 +257,24 @@ def test_cli_grads_writes_csv_png_and_theory(tmp_path, capsys):
     assert "with membrane path 0%" in out
 
 
+def test_the_python_api_runs_an_analysis_as_the_command_does(tmp_path, capsys):
+    """``sewforge analyze grads ...`` is ``analyze_grads(StudyOptions(...))``: the same files and lines."""
+    from sewforge.analysis import StudyOptions, analyze_grads
+
+    heard = []
+    options = StudyOptions(models=[SEW], input_shape=SHAPE, T=2, batch=2, gs=["ADD"], zero_init="on")
+    report = analyze_grads(options, out=tmp_path / "api", theory=True, log=heard.append)
+    assert report.csv == tmp_path / "api" / "grads.csv" and _is_png(report.png)
+    assert len(report.rows) == 4 and heard[0].startswith("grads: 1 networks on random Bernoulli(0.5) spikes")
+    assert any(line.startswith("theory, on blocks inside exact identity runs") for line in report.lines)
+    code = main(["analyze", "grads", SEW, "--input", "2x8x8", "--T", "2", "--batch", "2", "--g", "ADD",
+                 "--zero-init", "on", "--theory", "--out", str(tmp_path / "cli")])
+    assert code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == heard[0] and printed[len(heard):-1] == report.lines
+    assert (tmp_path / "cli" / "grads.csv").read_text() == report.csv.read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["rates", SEW, "--input", "3x64"], "CxHxW"),
     (["rates", SEW, "--input", "2x8x8", "--g", "XOR"], "XOR"),

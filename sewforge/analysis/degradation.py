@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .common import AnalysisError
 
 __all__ = ["FAMILIES", "ZERO_INIT_POLICIES", "DegradationRun", "DEGRADATION_COLUMNS", "degradation_spec",
-           "degradation_recipe", "degradation_study"]
+           "degradation_recipe", "degradation_study", "loss_by_depth"]
 
 #: family -> registered block
 FAMILIES = {"spiking": "SpikingResNet", "sew": "SEW", "plain": "Plain"}
@@ -153,3 +153,16 @@ def _count_params(recipe: Any) -> int:
 
     graph = infer(recipe.model.name, (2, recipe.data.kwargs["size"], recipe.data.kwargs["size"]))
     return int(sum(n.params for n in graph.nodes))
+
+
+def loss_by_depth(runs: Sequence[DegradationRun], families: Sequence[str], depths: Sequence[int],
+                  seeds: Sequence[int] = (2020,)) -> List[str]:
+    """The final training loss of every family at every depth (the mean over seeds), as lines."""
+    lines = ["final training loss by depth" + (" (mean over seeds)" if len(seeds) > 1 else "") + ":"]
+    for family in families:
+        cells = []
+        for depth in sorted(set(depths)):
+            losses = [r.train_loss for r in runs if r.family == family and r.depth == depth]
+            cells.append(f"{depth}: {sum(losses) / len(losses):.4f}")
+        lines.append(f"  {family:<8} " + "  ".join(cells))
+    return lines

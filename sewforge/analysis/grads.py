@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -210,3 +210,26 @@ def _branch_constant(block: nn.Module) -> bool:
     bn = getattr(block, "last_bn", None)
     weight = getattr(bn, "weight", None)
     return isinstance(weight, torch.Tensor) and bool((weight.detach() == 0).all())
+
+
+def theory_errors(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """How far the measured amplitudes are from the predictions, where the theory applies: a header
+    and one line per variant (none when no block lies inside an exact identity run)."""
+    by: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("theory"):
+            by.setdefault(r["label"], []).append(r)
+    if not by:
+        return []
+    lines = ["theory, on blocks inside exact identity runs (largest relative error, measured vs predicted):"]
+    for label, vrows in by.items():
+        parts = []
+        for key, name in (("predicted", "Eq. 11" if vrows[0]["theory"] == "Eq11" else "S4 (2k)"),
+                          ("predicted_as_printed", "S4 as printed"), ("predicted_elementwise", "element-wise"),
+                          ("predicted_membrane", "with membrane path")):
+            errs = [abs(r["grad_s"] - r[key]) / r["grad_s"] for r in vrows
+                    if isinstance(r.get(key), float) and math.isfinite(r[key]) and r["grad_s"] > 0]
+            if errs and not (key != "predicted" and vrows[0]["theory"] == "Eq11"):
+                parts.append(f"{name} {100 * max(errs):.3g}%")
+        lines.append(f"  {label} ({len(vrows)} blocks): " + ", ".join(parts))
+    return lines

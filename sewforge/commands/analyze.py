@@ -2,14 +2,13 @@
 gradient amplitudes ||dL/dS^l|| (Figures 6-8), the degradation study (Table 2) and synaptic operations
 and energy per layer against the same network as an ANN. Each writes a CSV
 and a PNG into --out; docs/reproduction.md has the commands behind every figure and what they show.
+This module reads the arguments and prints; :mod:`sewforge.analysis.reports` runs the analyses.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 __all__ = ["add_arguments", "run"]
 
@@ -255,229 +254,70 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# rates and grads
+# the analyses (sewforge.analysis.reports), with the arguments given
 # ---------------------------------------------------------------------------------------------
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _prepare(args: argparse.Namespace, kind: str):
-    """(rows, description) for rates or grads, from models or from a checkpoint."""
-    from ..analysis.common import AnalysisError, Variant, make_surrogate, model_blocks
-    from ..analysis.study import ModelOptions, expand_variants, make_batch, measure, run_study
-
-    dataset_kwargs = dict(args.data_arg)
-    surrogate = make_surrogate(args.surrogate, args.alpha)
-    loss = getattr(args, "loss", "ce")
-    if args.checkpoint:
-        if args.models:
-            raise AnalysisError("pass either MODEL names or --checkpoint (whose recipe names the model), not both")
-        ignored = [flag for flag, value in (("--g", args.g), ("--zero-init", args.zero_init),
-                                            ("--neuron", args.neuron), ("--surrogate", args.surrogate),
-                                            ("--alpha", args.alpha), ("--v-threshold", args.v_threshold),
-                                            ("--num-classes", args.num_classes)) if value is not None]
-        if ignored:
-            raise AnalysisError(f"{', '.join(ignored)}: a checkpoint's model is fixed by its recipe and weights; "
-                                "drop these options")
-        from ..analysis.study import load_trained
-
-        rows, described = [], []
-        for path in args.checkpoint:
-            model, recipe, test_set = load_trained(path)
-            data = args.data or recipe.data.name
-            kwargs = dict(recipe.data.kwargs) if data == recipe.data.name and not dataset_kwargs else dataset_kwargs
-            batch = make_batch(data, T=args.T or recipe.data.T, batch=args.batch,
-                               input_shape=args.input or tuple(test_set.input_shape),
-                               num_classes=getattr(model, "num_classes", None), p=args.p, seed=args.seed,
-                               split=args.split or recipe.data.test_split, root=args.data_root or recipe.data.root,
-                               dataset_kwargs=kwargs)
-            model.train((args.bn or "eval") == "train")
-            blocks = model_blocks(model)
-            g = next((b.g.name for b in blocks if getattr(b, "uses_g", False)), None)
-            variant = Variant(_run_name(path), g, bool(recipe.model.zero_init))
-            t0 = time.perf_counter()
-            rows += measure(kind, model, variant, batch, loss)
-            _say(f"  {variant.label}: {recipe.model.name}, {len(blocks)} blocks, measured in "
-                 f"{time.perf_counter() - t0:.1f}s on {batch.description}")
-            if batch.description not in described:
-                described.append(batch.description)
-        return rows, f"trained networks on {'; '.join(described)}; BN {args.bn or 'eval'}"
-    if not args.models:
-        raise AnalysisError("name at least one MODEL (e.g. sew_resnet18, or a spec string), or pass --checkpoint")
-    data = args.data or "random"
-    T = args.T or 4
-    batch = make_batch(data, T=T, batch=args.batch, input_shape=args.input, num_classes=args.num_classes,
-                       p=args.p, seed=args.seed, split=args.split or "train", root=args.data_root,
-                       dataset_kwargs=dataset_kwargs)
-    options = ModelOptions(T=T, num_classes=args.num_classes or batch.num_classes,
-                           input_shape=args.input or batch.input_shape, neuron=args.neuron, surrogate=surrogate,
-                           v_threshold=args.v_threshold, seed=args.seed)
-    if data == "random" and args.input is None:
-        raise AnalysisError("random input needs its shape: pass --input CxHxW (e.g. 3x64x64)")
-    variants = expand_variants(args.models, args.g or [], args.zero_init or args._zero_init_default, options)
-    bn = args.bn or "train"
-    _say(f"{kind}: {len(variants)} networks on {batch.description}; BN {bn}")
-    rows = run_study(kind, variants, batch, options, bn=bn, loss=loss, log=_say)
-    return rows, f"{batch.description}; BN {bn}"
+def _print(report: Any) -> int:
+    for line in report.lines:
+        _say(line)
+    _say(f"wrote {report.csv} and {report.png} in {report.seconds:.1f}s")
+    return 0
 
 
-def _run_name(path: str) -> str:
-    """``runs/gesture-and/best.pt`` -> ``gesture-and/best.pt``; a run folder -> its name."""
-    p = Path(path)
-    return p.name if p.is_dir() or not p.parent.name else f"{p.parent.name}/{p.name}"
+def _study_options(args: argparse.Namespace) -> Any:
+    from ..analysis.reports import StudyOptions
 
-
-def _setting(args: argparse.Namespace) -> str:
-    parts = []
-    if args.neuron:
-        parts.append(args.neuron)
-    if args.v_threshold is not None:
-        parts.append(f"V_th={args.v_threshold:g}")
-    if args.surrogate or args.alpha is not None:
-        parts.append(f"{args.surrogate or 'ATan'}" + (f" alpha={args.alpha:g}" if args.alpha is not None else ""))
-    return ", ".join(parts)
+    return StudyOptions(models=args.models, checkpoints=args.checkpoint or (), input_shape=args.input, T=args.T,
+                        batch=args.batch, data=args.data, p=args.p, split=args.split, root=args.data_root,
+                        dataset_kwargs=dict(args.data_arg), gs=args.g, zero_init=args.zero_init,
+                        zero_init_default=args._zero_init_default, neuron=args.neuron, surrogate=args.surrogate,
+                        alpha=args.alpha, v_threshold=args.v_threshold, num_classes=args.num_classes, bn=args.bn,
+                        seed=args.seed)
 
 
 def _run_rates(args: argparse.Namespace) -> int:
-    from ..analysis.plots import plot_rates
-    from ..analysis.rates import RATE_COLUMNS
-    from ..analysis.study import VARIANT_COLUMNS, summarize
-    from ..analysis.common import write_csv
+    from ..analysis.reports import analyze_rates
 
-    t0 = time.perf_counter()
-    rows, description = _prepare(args, "rates")
-    out = Path(args.out)
-    csv_path = write_csv(out / "rates.csv", rows, VARIANT_COLUMNS + RATE_COLUMNS)
-    title = args.title or " ".join(filter(None, ["firing rates", _setting(args)])) + f"\n{description}"
-    png_path = plot_rates(rows, out / "rates.png", title=title)
-    _say("firing rate of A^l per block (rate_a):")
-    for line in summarize(rows, "rate_a"):
-        _say(line)
-    _say("firing rate (mean) of O^l per block (rate_o):")
-    for line in summarize(rows, "rate_o"):
-        _say(line)
-    _say(f"wrote {csv_path} and {png_path} in {time.perf_counter() - t0:.1f}s")
-    return 0
+    return _print(analyze_rates(_study_options(args), out=args.out, title=args.title, log=_say))
 
 
 def _run_grads(args: argparse.Namespace) -> int:
-    from ..analysis.common import write_csv
-    from ..analysis.grads import GRAD_COLUMNS
-    from ..analysis.plots import plot_grads
-    from ..analysis.study import VARIANT_COLUMNS, summarize
+    from ..analysis.reports import analyze_grads
 
-    t0 = time.perf_counter()
-    rows, description = _prepare(args, "grads")
-    out = Path(args.out)
-    extra = ("v_threshold", "alpha")
-    for r in rows:
-        r["v_threshold"], r["alpha"] = args.v_threshold, args.alpha
-    csv_path = write_csv(out / "grads.csv", rows, VARIANT_COLUMNS + extra + GRAD_COLUMNS)
-    setting = _setting(args)
-    title = args.title or f"gradient amplitude ||dL/dS^l||{' (' + setting + ')' if setting else ''}, " \
-                          f"loss {args.loss}\n{description}"
-    png_path = plot_grads(rows, out / "grads.png", title=title, theory=args.theory)
-    _say("||dL/dS^l|| per block (first = block 0, last = the deepest block):")
-    for line in summarize(rows, "grad_s"):
-        _say(line)
-    _report_theory(rows)
-    _say(f"wrote {csv_path} and {png_path} in {time.perf_counter() - t0:.1f}s")
-    return 0
+    return _print(analyze_grads(_study_options(args), out=args.out, loss=args.loss, theory=args.theory,
+                                title=args.title, log=_say))
 
 
-def _report_theory(rows: List[Dict[str, Any]]) -> None:
-    """How far the measured amplitudes are from the predictions, where the theory applies."""
-    import math
-
-    by: Dict[str, List[Dict[str, Any]]] = {}
-    for r in rows:
-        if r.get("theory"):
-            by.setdefault(r["label"], []).append(r)
-    if not by:
-        return
-    _say("theory, on blocks inside exact identity runs (largest relative error, measured vs predicted):")
-    for label, vrows in by.items():
-        parts = []
-        for key, name in (("predicted", "Eq. 11" if vrows[0]["theory"] == "Eq11" else "S4 (2k)"),
-                          ("predicted_as_printed", "S4 as printed"), ("predicted_elementwise", "element-wise"),
-                          ("predicted_membrane", "with membrane path")):
-            errs = [abs(r["grad_s"] - r[key]) / r["grad_s"] for r in vrows
-                    if isinstance(r.get(key), float) and math.isfinite(r[key]) and r["grad_s"] > 0]
-            if errs and not (key != "predicted" and vrows[0]["theory"] == "Eq11"):
-                parts.append(f"{name} {100 * max(errs):.3g}%")
-        _say(f"  {label} ({len(vrows)} blocks): " + ", ".join(parts))
-
-
-# ---------------------------------------------------------------------------------------------
-# energy
-# ---------------------------------------------------------------------------------------------
 def _run_energy(args: argparse.Namespace) -> int:
-    import torch
+    from ..analysis.common import AnalysisError
+    from ..analysis.reports import analyze_energy
 
-    from ..analysis.common import AnalysisError, write_csv
-    from ..analysis.energy import ENERGY_COLUMNS, energy_report, plot_energy, totals
-    from ..analysis.study import make_batch
-    from ..interop import convert_state_dict
-    from ..models import create_model
-
-    t0 = time.perf_counter()
     if bool(args.models) == bool(args.checkpoint):
         raise AnalysisError("name one MODEL or pass --checkpoint PATH (with --model where the file does not name it)")
-    torch.manual_seed(args.seed)
-    kw = dict(g=args.g, neuron=args.neuron, num_classes=args.num_classes, T=args.T)
-    if args.checkpoint:
-        model = convert_state_dict(args.checkpoint, args.model, **kw).model
-        label = args.checkpoint
-    else:
-        if args.input is not None:
-            kw["input_shape"] = args.input
-        model = create_model(args.models, **kw)
-        label = args.models
-    model.eval()
-    T = args.T or getattr(model, "T", None) or 4
-    shape = args.input or tuple(getattr(model, "input_shape", ()) or ()) or None
-    batch = make_batch(args.data, T=T, batch=args.batch, input_shape=shape, num_classes=None, p=args.p,
-                       seed=args.seed, split=args.split, root=args.data_root, dataset_kwargs=dict(args.data_arg))
-    rows = energy_report(model, batch.x, e_mac=args.e_mac, e_ac=args.e_ac)
-    out = Path(args.out)
-    csv_path = write_csv(out / "energy.csv", [r.as_row() for r in rows], ENERGY_COLUMNS)
-    tot = totals(rows)
-    title = args.title or (f"{label}: {tot['energy_pj'] * 1e-6:.3g} uJ as SNN vs {tot['ann_energy_pj'] * 1e-6:.3g} uJ "
-                           f"as ANN per sample (MAC {args.e_mac:g} pJ, AC {args.e_ac:g} pJ)\n{batch.description}")
-    png_path = plot_energy(rows, out / "energy.png", title=title)
-    _say(f"{label} on {batch.description}: {len(rows)} layers")
-    _say(f"  dense MACs per step {tot['dense_macs']:.4g}, synaptic operations {tot['sops']:.4g} per sample")
-    _say(f"  energy per sample: SNN {tot['energy_pj'] * 1e-6:.4g} uJ, ANN {tot['ann_energy_pj'] * 1e-6:.4g} uJ "
-         f"(ratio {tot['ratio']:.3g})")
-    _say(f"wrote {csv_path} and {png_path} in {time.perf_counter() - t0:.1f}s")
-    return 0
+    kw = dict(g=args.g, neuron=args.neuron, num_classes=args.num_classes)
+    model: Any = args.models
+    if args.checkpoint:  # converting a checkpoint is sewforge.interop's, a layer beside the analyses
+        import torch
+
+        from ..interop import convert_state_dict
+
+        torch.manual_seed(args.seed)
+        model = convert_state_dict(args.checkpoint, args.model, T=args.T, **kw).model
+        kw = {}
+    return _print(analyze_energy(model, out=args.out, label=args.checkpoint or args.models, T=args.T,
+                                 input_shape=args.input, batch=args.batch, data=args.data, p=args.p, split=args.split,
+                                 root=args.data_root, dataset_kwargs=dict(args.data_arg), e_mac=args.e_mac,
+                                 e_ac=args.e_ac, seed=args.seed, title=args.title, **kw))
 
 
-# ---------------------------------------------------------------------------------------------
-# degradation
-# ---------------------------------------------------------------------------------------------
 def _run_degradation(args: argparse.Namespace) -> int:
-    from ..analysis.common import write_csv
-    from ..analysis.degradation import DEGRADATION_COLUMNS, degradation_study
-    from ..analysis.plots import plot_degradation
+    from ..analysis.reports import analyze_degradation
 
-    t0 = time.perf_counter()
-    runs = degradation_study(
-        args.families, args.depths, seeds=args.seeds, out=args.out, zero_init=args.zero_init, overwrite=args.overwrite, log=_say,
-        epochs=args.epochs, T=args.T, batch_size=args.batch, lr=args.lr, width=args.width, neuron=args.neuron,
-        g=args.g, num_train=args.num_train, num_test=args.num_test, size=args.size, device=args.device)
-    rows = [r.as_row() for r in runs]
-    out = Path(args.out)
-    csv_path = write_csv(out / "degradation.csv", rows, DEGRADATION_COLUMNS)
-    title = args.title or (f"degradation: {args.epochs} epochs on synthetic ({args.num_train} samples, T={args.T}), "
-                           f"{args.neuron}, zero init: {args.zero_init}")
-    png_path = plot_degradation(rows, out / "degradation.png", title=title)
-    _say("final training loss by depth" + (" (mean over seeds)" if len(args.seeds) > 1 else "") + ":")
-    for family in args.families:
-        cells = []
-        for depth in sorted(set(args.depths)):
-            losses = [r.train_loss for r in runs if r.family == family and r.depth == depth]
-            cells.append(f"{depth}: {sum(losses) / len(losses):.4f}")
-        _say(f"  {family:<8} " + "  ".join(cells))
-    _say(f"wrote {csv_path} and {png_path} in {time.perf_counter() - t0:.1f}s")
-    return 0
+    return _print(analyze_degradation(
+        args.families, args.depths, out=args.out, seeds=args.seeds, zero_init=args.zero_init, overwrite=args.overwrite,
+        epochs=args.epochs, T=args.T, neuron=args.neuron, num_train=args.num_train, title=args.title, log=_say,
+        batch_size=args.batch, lr=args.lr, width=args.width, g=args.g, num_test=args.num_test, size=args.size,
+        device=args.device))
