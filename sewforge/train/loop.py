@@ -77,7 +77,7 @@ class _Run:
 
     recipe: Recipe
     ctx: DistContext
-    say: Say
+    say: TrainLog
     progress: bool
     raw_model: nn.Module  # what is saved and tested
     model: nn.Module  # what trains: raw_model, wrapped for DDP and torch.compile
@@ -95,7 +95,8 @@ class _Run:
     @classmethod
     def start(cls, recipe: Recipe, ctx: DistContext, resume: Any, overwrite: bool, progress: bool, say: TrainLog,
               lock: Optional[RunFolderLock]) -> "_Run":
-        """Everything is checked and built before the run folder is touched."""
+        """Check and build everything, then open the run folder (nothing is written there before all
+        is checked)."""
         output = Path(recipe.output)
         configure_torch(recipe, ctx.device)
         found = claim(ctx, output, resume, overwrite, lock)
