@@ -1045,3 +1045,40 @@ def test_every_process_of_a_distributed_run_names_the_bad_sample(tmp_path):
             path = tmp_path / f"{name}{rank}.txt"
             assert path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
             assert expected in path.read_text(), (rank, path.read_text())
+
+
+@pytest.mark.slow
+def test_two_process_run_whose_data_fails_on_process_0_stops_both_with_one_line_each(tmp_path):
+    """Process 0 prepares the data first; when that fails, process 1 does not redo the work (or
+    wait): both commands end with exit code 2 and one line, process 1's naming process 0's error."""
+    recipe = tiny_recipe(tmp_path, epochs=1)
+    script = write(tmp_path / "ddp_worker.py", f"""\
+        import contextlib, io, os
+        import sewforge.train.loop as loop
+        from sewforge.cli import main
+        rank = os.environ["RANK"]
+        real = loop.build_datasets
+        def build_datasets(recipe, *args, **kwargs):
+            open(os.path.join({str(tmp_path)!r}, "built%s" % rank), "w").close()
+            if rank == "0":
+                raise ValueError("data root /data/gesture: no recordings found")
+            return real(recipe, *args, **kwargs)
+        loop.build_datasets = build_datasets
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(["train", {str(recipe)!r}, "--no-progress"])
+        with open(os.path.join({str(tmp_path)!r}, "rank%s.txt" % rank), "w") as f:
+            f.write("%d\\n%s" % (rc, err.getvalue()))
+        """)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rc0, err0 = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    rc1, err1 = (tmp_path / "rank1.txt").read_text().split("\n", 1)
+    assert (rc0, rc1) == ("2", "2")
+    assert err0.strip() == "error: data root /data/gesture: no recordings found"
+    assert err1.strip() == ("error: process 0 failed preparing the run, so process 1 stops too: "
+                            "ValueError: data root /data/gesture: no recordings found")
+    assert (tmp_path / "built0").exists() and not (tmp_path / "built1").exists()

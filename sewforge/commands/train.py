@@ -124,6 +124,7 @@ def _interrupted(recipe: Optional[Recipe], args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train.distributed import PeerError
     from ..train.errors import NonFiniteError, RunFolderError
     from ..train.loop import evaluate_checkpoint, train
 
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"done: best test accuracy {result.best_test_acc:.2f}% at epoch {result.best_epoch}; "
                       f"run folder {result.output}")
         return 0
-    except (RecipeError, CheckpointError, RunFolderError, NonFiniteError) as exc:
+    except (RecipeError, CheckpointError, RunFolderError, NonFiniteError, PeerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -75,18 +75,32 @@ def setup(device_spec: str) -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), local, device, initialized_here)
 
 
+class PeerError(RuntimeError):
+    """Another process of a distributed run failed; this one stops too, naming it."""
+
+
 @contextlib.contextmanager
 def main_process_first(ctx: DistContext):
     """Rank 0 runs the block first, the other ranks after it: one process converts event
     recordings into the frame cache and the others read the cached frames, instead of every rank
-    converting the same files. A failure on rank 0 still releases the others."""
-    if ctx.distributed and not ctx.is_main:
-        dist.barrier()
-    try:
+    converting the same files. When the block fails on rank 0, the others do not repeat the work:
+    they raise :class:`PeerError` naming rank 0's error (instead of waiting, or converting)."""
+    if not ctx.distributed:
         yield
-    finally:
-        if ctx.distributed and ctx.is_main:
-            dist.barrier()
+        return
+    if ctx.is_main:
+        try:
+            yield
+        except BaseException as exc:
+            dist.broadcast_object_list([f"{type(exc).__name__}: {exc}"], src=0)
+            raise
+        dist.broadcast_object_list([None], src=0)
+    else:
+        status: List[Any] = [None]
+        dist.broadcast_object_list(status, src=0)
+        if status[0] is not None:
+            raise PeerError(f"process 0 failed preparing the run, so process {ctx.rank} stops too: {status[0]}")
+        yield
 
 
 def teardown(ctx: DistContext) -> None:
@@ -139,4 +153,4 @@ def agree(ctx: DistContext, error: Optional[BaseException]) -> None:
         raise error
     for e in errors:
         if e is not None:
-            raise RuntimeError(f"another process failed during set-up: {e[0]}: {e[1]}")
+            raise PeerError(f"another process failed during set-up, so process {ctx.rank} stops too: {e[0]}: {e[1]}")
