@@ -19,7 +19,7 @@ from torch import nn
 
 from .memory import mark_spikes, pool_spikes, spike_kind
 
-__all__ = ["SeqFold", "seq_fold", "steps_channels_last", "repeat_steps"]
+__all__ = ["SeqFold", "seq_fold", "steps_channels_last", "repeat_steps", "SharedDropout", "FeaturePool"]
 
 #: layers whose output holds values of their input only (max pooling, reshaping): spikes stay spikes
 _KEEPS_VALUES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
@@ -116,3 +116,34 @@ class SeqFold(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return seq_fold(self.module, x)
+
+
+class SharedDropout(nn.Module):
+    """Dropout on ``[T, B, ...]`` with one mask per sample shared by all time steps, so a dropped
+    unit stays silent for the whole sequence (the ``DP`` of the PLIF and SEW papers' code)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"SharedDropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        mask = torch.empty_like(x[0]).bernoulli_(1.0 - self.p).div_(1.0 - self.p)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
+
+
+class FeaturePool(nn.Module):
+    """1-D pooling over the features of ``[N, F]`` (a voting layer after ``FC``)."""
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x.unsqueeze(1)).squeeze(1)

@@ -9,7 +9,7 @@ from torch import nn
 
 from sewforge.neurons import IFNode, LIFNode, PLIFNode
 from sewforge.spec import SpecError, SpecNet, build, infer, parse
-from sewforge.spec.graph import SharedDropout
+from sewforge.layers import SharedDropout
 
 SMALL = "c8k3s1-BN-PLIF-MPk2s2-SEW(c16s2)-GAP-FC5"
 

@@ -229,7 +229,7 @@ def _pair(v: Any) -> Tuple[int, int]:
 def _spec_layers(bld: _Builder, model: nn.Module, x: _Val) -> _Val:
     from ..blocks import ResidualBlock
     from ..neurons import BaseNeuron
-    from ..spec.graph import FeaturePool, SharedDropout
+    from ..layers import FeaturePool, SharedDropout
 
     layers = list(model.layers)
     names = model.layer_names()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from .. import blocks as _blocks  # noqa: F401  (registers the core blocks the parser resolves)
 from .errors import SpecError
-from .graph import DEFAULT_NEURON, Graph, GraphNode, apply_overrides
+from .graph import DEFAULT_NEURON, Graph, GraphNode
+from .rewrite import apply_overrides
 from .net import READOUTS, SpecNet, build, infer
 from .nodes import (BatchNorm, Block, Call, Conv, Dropout, GlobalPool, Linear, Neuron, Node, Pool, Repeat, Spec,
                     to_spec)

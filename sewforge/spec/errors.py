@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..checks import ECHO_LIMIT, close_matches
 
-__all__ = ["SpecError", "close_matches", "shorten", "ECHO_LIMIT"]
+__all__ = ["SpecError", "close_matches", "located", "shorten", "ECHO_LIMIT"]
 
 #: the most characters of one word, and of the spec's line, an error message repeats
 _LONG_WORD = re.compile(r"([^\s'\"]{%d})[^\s'\"]{4,}" % ECHO_LIMIT)
@@ -73,3 +73,11 @@ class SpecError(ValueError):
 
 def _rebuild(msg, spec, pos, end, suggestions, hint) -> SpecError:
     return SpecError(msg, spec, pos, end, suggestions, hint)
+
+
+def located(spec: Any, node: Any, msg: str, hint: Optional[str] = None, suggestions=()) -> SpecError:
+    """An error about ``node`` of ``spec``: with a caret under its token when the spec came from text."""
+    span = getattr(node, "span", (0, 0))
+    if spec.source and span[1] > span[0]:
+        return SpecError(msg, spec.source, span[0], span[1], suggestions, hint)
+    return SpecError(msg, suggestions=suggestions, hint=hint)

@@ -12,7 +12,9 @@ from ..checks import positive_int
 from ..layers import SeqFold, repeat_steps, steps_channels_last
 from ..memory import MEMORY_MODES, check_memory_mode, memory_context, recompute
 from .errors import SpecError
-from .graph import Graph, GraphNode, apply_overrides, construct
+from .graph import Graph, GraphNode
+from .lower import construct
+from .rewrite import apply_overrides
 from .nodes import Linear, Pool, Spec
 from .parser import parse
 from .profile import LayerRow, format_table, profile_model, table_dict
