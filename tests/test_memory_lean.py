@@ -84,6 +84,24 @@ def test_lean_in_the_imagenet_resnet_with_bottlenecks_and_a_static_image():
     _same(_train_step(net, x, "dense"), _train_step(net, x, "lean"), rtol=1e-5, atol=1e-6)
 
 
+def test_lean_in_eval_mode_with_autograd():
+    """Batch norms on running statistics (e.g. gradients of a frozen network): the same too."""
+    torch.manual_seed(0)
+    net = sewforge.build(SPEC, input_shape=(2, 16, 16), T=3)
+    net(binary(3, 4, 2, 16, 16, seed=1))  # running statistics away from their initial values
+    x = binary(3, 2, 2, 16, 16)
+    results = []
+    for mode in ("dense", "lean"):
+        n = copy.deepcopy(net).eval()
+        n.memory = mode
+        xg = x.clone().requires_grad_()
+        out = n(xg)
+        out.square().sum().backward()
+        results.append((out.detach(), xg.grad, {k: p.grad for k, p in n.named_parameters()},
+                        {k: b.clone() for k, b in n.named_buffers()}))
+    _same(*results)
+
+
 def test_lean_under_autocast():
     torch.manual_seed(0)
     net = sewforge.build(SPEC, input_shape=(2, 16, 16), T=3)
