@@ -295,7 +295,9 @@ def memory_context(mode: str) -> contextlib.AbstractContextManager:
     autograd records ("compact", "recompute", "lean"), nothing otherwise (or while being compiled:
     the compiler plans what to keep itself); blocks run inside it ask
     :func:`recomputes_bn_neuron` whether to rerun their batch norm -> neuron chains."""
-    if mode == "dense" or not torch.is_grad_enabled() or _compiling():
+    if _compiling():
+        return contextlib.nullcontext()
+    if mode == "dense" or not torch.is_grad_enabled():
         return _policy(False)
     return _policy(mode in _BN_NEURON_MODES, compact_spikes())
 
@@ -324,7 +326,7 @@ def recomputes_bn_neuron() -> bool:
     """Whether the forward now running (inside a network's :func:`memory_context`) reruns its
     batch norm -> neuron chains in backward (:func:`recompute_chain`): in "lean" memory while
     autograd records, not under ``torch.compile``."""
-    return bool(getattr(_POLICY, "bn_neuron", False)) and torch.is_grad_enabled() and not _compiling()
+    return not _compiling() and torch.is_grad_enabled() and bool(getattr(_POLICY, "bn_neuron", False))
 
 
 def _compiling() -> bool:
