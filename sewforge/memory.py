@@ -13,26 +13,36 @@ shortcut), so it is checked before it is stored compactly.
   run it again in backward (``torch.utils.checkpoint``, non-reentrant). Batch-norm running
   statistics, the state of ``stateful`` neurons and their spike counts are left as the first
   forward left them.
+* :func:`recompute_chain`: a layer's batch norm -> neuron (-> SEW ``g``) chain keeps only the
+  batch norm's input (which the batch norm keeps anyway) and runs the batch norm and the neuron
+  again in backward, instead of also keeping the neuron's fp32 charged potential H.
 * :data:`MEMORY_MODES`: ``"compact"`` (the default of the networks), ``"dense"`` (autograd as
-  usual), ``"recompute"`` (recompute per block + compact).
+  usual), ``"recompute"`` (recompute per block + compact), ``"lean"`` (compact + the batch norm
+  and neuron of every layer recomputed).
+
+What each mode recomputes is one policy, :func:`segments` (which runs of a network's layers are
+rerun in backward) and :func:`recomputes_bn_neuron` (whether blocks rerun their BN -> neuron
+chains); the networks apply it.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["mark_spikes", "spike_kind", "combined_bound", "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved", "pool_spikes",
-           "unpack_saved", "PackedSpikes", "recompute", "memory_context"]
+           "unpack_saved", "PackedSpikes", "recompute", "memory_context", "recompute_chain", "recomputes_bn_neuron",
+           "segments", "THIN_CONV", "thin_conv"]
 
 _ATTR = "_sewforge_spikes"
 
 #: what the networks' ``memory=`` option accepts
-MEMORY_MODES = ("compact", "dense", "recompute")
+MEMORY_MODES = ("compact", "dense", "recompute", "lean")
 
 
 def mark_spikes(t: torch.Tensor, binary: bool = False, *, bound: Optional[int] = None,
@@ -247,7 +257,7 @@ def unpack_saved(packed: Any) -> Any:
 class compact_spikes(torch.autograd.graph.saved_tensors_hooks):
     """Within this context, spike tensors saved for backward are stored compactly (see the module
     docstring). A tensor saved by several operations (a block input used by ``conv1`` and the
-    downsample shortcut) is packed once."""
+    downsample shortcut), or saved as several views of the same elements, is packed once."""
 
     def __init__(self) -> None:
         self._cache: Dict[Tuple[Any, ...], Tuple[Any, Any]] = {}
@@ -257,10 +267,16 @@ class compact_spikes(torch.autograd.graph.saved_tensors_hooks):
         if not isinstance(t, torch.Tensor) or spike_kind(t) is None:
             return t
         root = t._base if t._base is not None else t
-        key = (id(root), root._version, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        # a dense tensor's values in memory order depend on its offset and size only: a block
+        # input [T, B, ...] and its T*B fold share one packed copy
+        form = (t.numel(),) if _memory_order(t) is not None else (tuple(t.shape), t.stride())
+        key = (id(root), root._version, t.storage_offset(), form, t.dtype)
         hit = self._cache.get(key)
         if hit is not None and hit[0]() is root:
-            return hit[1]
+            packed = hit[1]
+            if packed.shape != t.shape or packed.stride != t.stride():
+                packed = PackedSpikes(packed.data, packed.bits, t)
+            return packed
         packed = pack_saved(t)
         if packed is not t:
             try:
@@ -276,11 +292,41 @@ class compact_spikes(torch.autograd.graph.saved_tensors_hooks):
 
 def memory_context(mode: str) -> contextlib.AbstractContextManager:
     """The context a network's forward runs in for ``mode``: :class:`compact_spikes` while
-    autograd records ("compact", "recompute"), nothing otherwise (or while being compiled: the
-    compiler plans what to keep itself)."""
-    if mode == "dense" or not torch.is_grad_enabled() or _compiling():
+    autograd records ("compact", "recompute", "lean"), nothing otherwise (or while being compiled:
+    the compiler plans what to keep itself); blocks run inside it ask
+    :func:`recomputes_bn_neuron` whether to rerun their batch norm -> neuron chains."""
+    if _compiling():
         return contextlib.nullcontext()
-    return compact_spikes()
+    if mode == "dense" or not torch.is_grad_enabled():
+        return _policy(False)
+    return _policy(mode in _BN_NEURON_MODES, compact_spikes())
+
+
+#: the modes whose blocks rerun each batch norm -> neuron chain in backward (not "recompute": its
+#: blocks are rerun whole anyway)
+_BN_NEURON_MODES = ("lean",)
+_POLICY = threading.local()
+
+
+@contextlib.contextmanager
+def _policy(bn_neuron: bool, hooks: Optional[contextlib.AbstractContextManager] = None) -> Iterator[None]:
+    before = getattr(_POLICY, "bn_neuron", False)
+    _POLICY.bn_neuron = bn_neuron
+    try:
+        if hooks is None:
+            yield
+        else:
+            with hooks:
+                yield
+    finally:
+        _POLICY.bn_neuron = before
+
+
+def recomputes_bn_neuron() -> bool:
+    """Whether the forward now running (inside a network's :func:`memory_context`) reruns its
+    batch norm -> neuron chains in backward (:func:`recompute_chain`): in "lean" memory while
+    autograd records, not under ``torch.compile``."""
+    return not _compiling() and torch.is_grad_enabled() and bool(getattr(_POLICY, "bn_neuron", False))
 
 
 def _compiling() -> bool:
@@ -351,31 +397,47 @@ class _Restore(torch.autograd.Function):
 
 
 _NEURON_STATE = ("v", "spike_count", "spike_numel")
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
 
 
-def _batch_norms(block: nn.Module) -> List[nn.Module]:
-    return [m for m in block.modules()
+def _all_modules(modules: Sequence[nn.Module]) -> List[nn.Module]:
+    """Every module in ``modules`` and below them, each once."""
+    seen: Dict[int, nn.Module] = {}
+    for top in modules:
+        for m in top.modules():
+            seen.setdefault(id(m), m)
+    return list(seen.values())
+
+
+def _batch_norms(modules: Sequence[nn.Module]) -> List[nn.Module]:
+    return [m for m in modules
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
 
 
 @contextlib.contextmanager
-def _forward_context(block: nn.Module, entry: Dict[int, Any]) -> Iterator[None]:
-    for m in block.modules():  # the state each stateful neuron starts from
+def _forward_context(modules: Sequence[nn.Module], entry: Dict[int, Any]) -> Iterator[None]:
+    for m in modules:  # the state each stateful neuron starts from
         if getattr(m, "stateful", False) and hasattr(m, "v"):
             entry[id(m)] = m.v
     yield
 
 
 @contextlib.contextmanager
-def _recompute_context(block: nn.Module, entry: Dict[int, Any]) -> Iterator[None]:
-    """Run the block again as it ran the first time, then put back what the rerun changed."""
+def _recompute_context(modules: Sequence[nn.Module], entry: Dict[int, Any], quiet: bool = False) -> Iterator[None]:
+    """Run the modules again as they ran the first time, then put back what the rerun changed
+    (batch-norm running statistics, neuron state and spike counts); ``quiet``: their forward hooks
+    do not see the rerun."""
     bns = [(m, [(n, b.clone()) for n, b in m.named_buffers(recurse=False) if b is not None])
-           for m in _batch_norms(block)]
-    kept = [(m, {a: getattr(m, a) for a in _NEURON_STATE if hasattr(m, a)}) for m in block.modules()
+           for m in _batch_norms(modules)]
+    kept = [(m, {a: getattr(m, a) for a in _NEURON_STATE if hasattr(m, a)}) for m in modules
             if any(hasattr(m, a) for a in _NEURON_STATE)]
+    hooks = [(m, {h: getattr(m, h) for h in _HOOKS}) for m in modules if quiet and any(getattr(m, h) for h in _HOOKS)]
     for m, _ in kept:
         if id(m) in entry:
             m.v = entry[id(m)]
+    for m, _ in hooks:
+        for h in _HOOKS:
+            setattr(m, h, type(getattr(m, h))())
     try:
         yield
     finally:
@@ -386,34 +448,120 @@ def _recompute_context(block: nn.Module, entry: Dict[int, Any]) -> Iterator[None
         for m, attrs in kept:
             for a, value in attrs.items():
                 setattr(m, a, value)
+        for m, saved in hooks:
+            for h, value in saved.items():
+                setattr(m, h, value)
 
 
-def recompute(block: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``block(x)``, keeping only ``x`` for backward (packed as by :func:`pack_saved` when it is
-    marked spikes) and running the block again in backward. Gives the same output and gradients
-    as ``block(x)``; runs ``block(x)`` plainly when autograd is not recording."""
+def recompute(block: Callable[..., torch.Tensor], x: torch.Tensor, *others: Any,
+              modules: Optional[Sequence[nn.Module]] = None) -> torch.Tensor:
+    """``block(x, *others)``, keeping only ``x`` (packed as by :func:`pack_saved` when it is
+    marked spikes) and ``others`` (as the active saved-tensor hooks store them) for backward and
+    running the block again in backward. Gives the same output and gradients as ``block(x)``;
+    runs ``block(x)`` plainly when autograd is not recording. ``modules``: those whose state the
+    rerun must start from and leave as the first forward did (default: ``block`` itself)."""
     if not torch.is_grad_enabled() or _compiling():
-        return block(x)
+        return block(x, *others)
     from torch.utils.checkpoint import checkpoint
 
     kept = pack_saved(x)
     source: List[Optional[torch.Tensor]] = [x.detach()]  # the first forward uses x as it is
-    module = block if isinstance(block, nn.Module) else nn.Module()
+    if modules is None:
+        modules = [block] if isinstance(block, nn.Module) else []
+    mods = _all_modules(modules)
     entry: Dict[int, Any] = {}
 
-    def run(token: torch.Tensor) -> torch.Tensor:
+    def run(token: torch.Tensor, *rest: Any) -> torch.Tensor:
         values = source[0]
         if values is None:  # the rerun in backward
             values = unpack_saved(kept)
             if values is kept:
                 values = values.detach()
-        return block(_Restore.apply(token, values))
+        return block(_Restore.apply(token, values), *rest)
 
     def contexts() -> Tuple[Any, Any]:
-        return _forward_context(module, entry), _recompute_context(module, entry)
+        return _forward_context(mods, entry), _recompute_context(mods, entry)
 
     token = _Token.apply(x)
     try:
-        return checkpoint(run, token, use_reentrant=False, context_fn=contexts)
+        return checkpoint(run, token, *others, use_reentrant=False, context_fn=contexts)
     finally:
         source[0] = None
+
+
+def recompute_chain(chain: Callable[..., torch.Tensor], y: torch.Tensor, *others: Any,
+                    modules: Sequence[nn.Module]) -> torch.Tensor:
+    """``chain(y, *others)``, keeping only ``y`` and ``others`` for backward (as the active
+    saved-tensor hooks store them) and running the chain again there. Made for a batch norm ->
+    neuron chain: ``y`` is the batch norm's input, which it keeps anyway, ``others`` e.g. a SEW
+    block's shortcut for the fused ``g`` (kept anyway by the block's first convolution), so what
+    this saves is everything else the chain keeps, mainly the neuron's fp32 charged potential H.
+    The rerun repeats the first run bit for bit (same input, same batch statistics), starts
+    stateful neurons of ``modules`` from the state the first run started from, and leaves
+    running statistics, neuron state and spike counts as the first run left them (updated once);
+    forward hooks of ``modules`` do not see it. Same output and gradients as
+    ``chain(y, *others)``, which runs plainly when autograd is not recording or under
+    ``torch.compile``."""
+    if not torch.is_grad_enabled() or _compiling():
+        return chain(y, *others)
+    from torch.utils.checkpoint import checkpoint
+
+    mods = _all_modules(modules)
+    entry: Dict[int, Any] = {}
+
+    def contexts() -> Tuple[Any, Any]:
+        return _forward_context(mods, entry), _recompute_context(mods, entry, quiet=True)
+
+    return checkpoint(chain, y, *others, use_reentrant=False, context_fn=contexts, preserve_rng_state=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the policy: which layers of a network are rerun in backward
+# ---------------------------------------------------------------------------------------------
+#: a convolution with at most this many input values per output (in_channels x kernel area / groups)
+#: is recomputed in backward rather than keeping the batch norm input it feeds
+THIN_CONV = 8
+
+
+def thin_conv(layer: nn.Module) -> bool:
+    """Whether ``layer`` (a convolution, or a wrapper with ``.module``) is thin (:data:`THIN_CONV`):
+    rerunning it costs less than keeping the batch norm input it produces."""
+    conv = getattr(layer, "module", layer)
+    if not isinstance(conv, nn.Conv2d):
+        return False
+    return conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] <= THIN_CONV
+
+
+def segments(kinds: Sequence[str], layers: Sequence[nn.Module], mode: str, start: int = 0,
+             end: Optional[int] = None) -> List[Tuple[int, int]]:
+    """The runs ``[i, j)`` of a sequential network's layers (``kinds``: "conv", "bn", "neuron",
+    "block", ...) between ``start`` and ``end`` that are rerun in backward in memory ``mode``
+    (:func:`recompute_chain` of the run, keeping its input):
+
+    * every mode but "dense": a thin convolution (:func:`thin_conv`) and the batch norm it feeds
+      (the convolution's input is far smaller than the batch norm's);
+    * "lean": also the neuron after such a batch norm, and every batch norm -> neuron pair (the
+      batch norm's input is kept anyway; the neuron's H is not).
+
+    Residual blocks are not listed: "recompute" reruns them whole, "lean" has them rerun their
+    batch norm -> neuron chains (:func:`recomputes_bn_neuron`)."""
+    if mode == "dense":
+        return []
+    end = len(kinds) if end is None else end
+    lean = mode in _BN_NEURON_MODES
+    runs: List[Tuple[int, int]] = []
+    i = start
+    while i < end:
+        j = i
+        if kinds[i] == "conv" and i + 1 < end and kinds[i + 1] == "bn" and thin_conv(layers[i]):
+            j = i + 2
+        elif lean and kinds[i] == "bn":
+            j = i + 1
+        if j > i and lean and j < end and kinds[j - 1] == "bn" and kinds[j] == "neuron":
+            j += 1
+        if j - i >= 2:
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    return runs

@@ -7,17 +7,18 @@ import sewforge
 SPEC = "c8k3s1-BN-PLIF-{SEW Block (c8)-MPk2s2}*2-FC4"
 
 
-def _net():
+def _net(memory="compact"):
     torch.manual_seed(0)
-    return sewforge.build(SPEC, input_shape=(2, 16, 16), T=4)
+    return sewforge.build(SPEC, input_shape=(2, 16, 16), T=4, memory=memory)
 
 
 def _neurons(net):
     return [m for m in net.modules() if isinstance(m, sewforge.BaseNeuron)]
 
 
-def test_explain_reports_no_graph_break_and_one_node_per_neuron():
-    net = _net()
+@pytest.mark.parametrize("memory", ["compact", "lean"])
+def test_explain_reports_no_graph_break_and_one_node_per_neuron(memory):
+    net = _net(memory)  # what memory modes rerun in backward is left to the compiler
     x = torch.randn(4, 3, 2, 16, 16)
     explanation = torch._dynamo.explain(net)(x)
     assert explanation.graph_break_count == 0, [str(r.reason)[:200] for r in explanation.break_reasons]

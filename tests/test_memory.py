@@ -272,16 +272,16 @@ def test_recompute_without_autograd_is_the_plain_forward():
 # the option
 # ---------------------------------------------------------------------------------------------
 def test_memory_option_of_create_model_and_its_errors():
-    assert MEMORY_MODES == ("compact", "dense", "recompute")
+    assert MEMORY_MODES == ("compact", "dense", "recompute", "lean")
     assert sewforge.create_model("sew7b_gesture", T=2).memory == "compact"
     assert sewforge.create_model("sew7b_gesture", T=2, memory="recompute").memory == "recompute"
     assert sewforge.create_model("sew_resnet18", memory="dense").memory == "dense"
     with pytest.raises(SpecError) as info:
         sewforge.create_model("sew7b_gesture", memory="fast")
     msg = str(info.value)
-    assert "memory='fast'" in msg and "'compact', 'dense', 'recompute'" in msg and "\n" not in msg.strip()
-    with pytest.raises(ValueError, match=r"memory='lean' is not a memory mode; use one of 'compact', 'dense'"):
-        sewforge.create_model("sew_resnet18", memory="lean")
+    assert "memory='fast'" in msg and "'compact', 'dense', 'recompute', 'lean'" in msg and "\n" not in msg.strip()
+    with pytest.raises(ValueError, match=r"memory='tiny' is not a memory mode; use one of 'compact', 'dense'"):
+        sewforge.create_model("sew_resnet18", memory="tiny")
     net = sewforge.create_model("sew7b_gesture", T=2)
     with pytest.raises(ValueError, match="memory=None is not a memory mode"):
         net.memory = None
@@ -432,13 +432,13 @@ def test_max_pooling_of_spikes_keeps_no_indices_and_gives_the_same_gradient(chan
 
 def test_a_thin_stem_convolution_is_recomputed_with_the_same_gradients_and_statistics():
     """7B-Net's stem (a 1x1 conv from 2 channels into BN) keeps its input instead of the BN input."""
-    from sewforge.spec.net import _thin_conv
+    from sewforge.memory import thin_conv
 
     torch.manual_seed(0)
     spec = "c8k1s1-BN-PLIF-{SEW Block (c8)-MPk2s2}*2-FC4"
     nets = {mode: sewforge.build(spec, input_shape=(2, 16, 16), T=3, memory=mode) for mode in ("dense", "compact")}
     nets["compact"].load_state_dict(nets["dense"].state_dict())
-    assert _thin_conv(nets["compact"].layers[0]) and not _thin_conv(nn.Conv2d(8, 8, 3))
+    assert thin_conv(nets["compact"].layers[0]) and not thin_conv(nn.Conv2d(8, 8, 3))
     x = torch.rand(3, 2, 2, 16, 16).round()
     grads = {}
     for mode, net in nets.items():

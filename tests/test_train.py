@@ -781,7 +781,7 @@ def test_memory_channels_last_and_compile_keys_are_checked_with_file_and_line(tm
     path = write(tmp_path / "r.yaml", f"""\
         model:
           name: sew7b_gesture
-          memory: lean
+          memory: tiny
           channels_last: yes please
         data: {{name: {DATASET}}}
         compile: 1
@@ -789,11 +789,11 @@ def test_memory_channels_last_and_compile_keys_are_checked_with_file_and_line(tm
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     msg = str(info.value)
-    assert f"{path}:3: model.memory: 'lean' is not one of compact, dense, recompute" in msg
+    assert f"{path}:3: model.memory: 'tiny' is not one of compact, dense, recompute, lean" in msg
     assert f"{path}:4: model.channels_last: expected true or false, got 'yes please'" in msg
     assert f"{path}:6: compile: expected true or false, got 1" in msg
     with pytest.raises(RecipeError, match="override 'model.memory=recompte': model.memory: 'recompte' is not one of "
-                                          r"compact, dense, recompute \(did you mean 'recompute'\?\)"):
+                                          r"compact, dense, recompute, lean \(did you mean 'recompute'\?\)"):
         load_recipe(write(tmp_path / "ok.yaml", "model: {name: sew7b_gesture}\n"), ["model.memory=recompte"])
     recipe = load_recipe(tmp_path / "ok.yaml")
     assert (recipe.model.memory, recipe.model.channels_last, recipe.compile) == ("compact", False, False)

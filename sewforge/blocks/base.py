@@ -17,12 +17,12 @@ from torch import nn
 from ..checks import positive_int
 from ..elementwise import ElementwiseFunction, create_elementwise
 from ..layers import seq_fold
-from ..memory import combined_bound, mark_spikes, spike_kind
+from ..memory import combined_bound, mark_spikes, recompute_chain, recomputes_bn_neuron, spike_kind
 from ..neurons import BaseNeuron, check_neuron_module, create_neuron
 from ..registry import ELEMENTWISE
 
-__all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "iter_blocks", "unfused", "counts_spikes",
-           "spike_counting"]
+__all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "conv_bn_sn", "iter_blocks", "unfused",
+           "counts_spikes", "spike_counting"]
 
 NeuronFactory = Callable[[], nn.Module]
 
@@ -54,6 +54,25 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return seq_fold(lambda y: bn(conv(y)), x)
 
 
+def conv_bn_sn(conv: nn.Module, bn: nn.Module, sn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``SN(BN(conv(x)))`` on ``[T, B, C, H, W]``; in "lean" memory the batch norm and the neuron
+    run again in backward instead of keeping the neuron's charged potential
+    (:func:`sewforge.memory.recompute_chain`)."""
+    if not recomputes_bn_neuron():
+        return sn(conv_bn(conv, bn, x))
+    return recompute_chain(functools.partial(_bn_then, bn, sn), seq_fold(conv, x), modules=(bn, sn))
+
+
+def _bn_then(bn: nn.Module, fn: Callable[..., torch.Tensor], y: torch.Tensor, *rest: Any) -> torch.Tensor:
+    """``fn(BN(y), *rest)``: a chain that :func:`sewforge.memory.recompute_chain` reruns."""
+    return fn(seq_fold(bn, y), *rest)
+
+
+def _bn_add_then(bn: nn.Module, fn: Callable[..., torch.Tensor], y: torch.Tensor, shortcut: torch.Tensor
+                 ) -> torch.Tensor:
+    return fn(seq_fold(bn, y) + shortcut)
+
+
 def _positive_int(name: str, value: Any, owner: str) -> int:
     return positive_int(value, f"{owner}: {name}")
 
@@ -66,6 +85,8 @@ class ResidualBlock(nn.Module):
     (the input of ``sn_last`` before any shortcut), call :meth:`_add_shortcut` last, and say how
     the shortcut joins with the class attribute ``join``; ``forward`` is shared.
     ``sn_last`` is the neuron whose output is A (SEW, plain) or the block output (Spiking ResNet).
+    A subclass may implement :meth:`residual_input` (the last batch norm's input) instead of
+    ``residual``: then "lean" memory reruns its last batch norm, ``sn_last`` and g in backward too.
     """
 
     #: how the shortcut joins the branch: "sew" (``O = g(SN(F(S)), S)``, a downsample shortcut
@@ -127,11 +148,19 @@ class ResidualBlock(nn.Module):
         if self.zero_init:
             self.zero_init_()
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def residual_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the last batch norm (``last_bn``): the residual branch up to its last
+        convolution."""
         raise NotImplementedError
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of ``sn_last`` before any shortcut: ``last_bn`` of :meth:`residual_input`."""
+        return seq_fold(self.last_bn, self.residual_input(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        if recomputes_bn_neuron() and type(self).residual is ResidualBlock.residual:
+            return self._forward_lean(x)
         y = self.residual(x)
         if self.join == "none":
             return self.sn_last(y)
@@ -141,6 +170,29 @@ class ResidualBlock(nn.Module):
         if self.downsample_sn is not None:
             shortcut = self.downsample_sn(shortcut)
         return self.combine(y, shortcut)
+
+    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` with every batch norm -> neuron chain (the last one with the shortcut's
+        addition or g) rerun in backward: "lean" memory."""
+        y = self.residual_input(x)
+        bn, sn = self.last_bn, self.sn_last
+        if self.join == "none":
+            return recompute_chain(functools.partial(_bn_then, bn, sn), y, modules=(bn, sn))
+        down = self.downsample
+        if down is None:
+            shortcut = x
+        elif (self.downsample_sn is not None and isinstance(down, nn.Sequential) and len(down) == 2
+              and isinstance(down[1], nn.modules.batchnorm._BatchNorm)):
+            shortcut = conv_bn_sn(down[0], down[1], self.downsample_sn, x)
+        else:
+            shortcut = seq_fold(down, x)
+            if self.downsample_sn is not None:
+                shortcut = self.downsample_sn(shortcut)
+        if self.join == "add_before_sn":
+            if spike_kind(shortcut) is None:  # kept for the rerun, an fp32 shortcut would cost what H does
+                return sn(seq_fold(bn, y) + shortcut)
+            return recompute_chain(functools.partial(_bn_add_then, bn, sn), y, shortcut, modules=(bn, sn))
+        return recompute_chain(functools.partial(_bn_then, bn, self.combine), y, shortcut, modules=(bn, sn))
 
     # -- public API -----------------------------------------------------------------------
     @property

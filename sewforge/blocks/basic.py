@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ..registry import BLOCKS
-from .base import NeuronFactory, ResidualBlock, conv_bn
+from ..layers import seq_fold
+from .base import NeuronFactory, ResidualBlock, conv_bn_sn
 
 __all__ = ["SEWBlock", "SpikingResNetBlock", "PlainBlock"]
 
@@ -30,9 +31,9 @@ class _TwoConvBlock(ResidualBlock):
         self.sn2 = self.new_neuron()
         self._add_shortcut()
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``BN(conv(SN(BN(conv(x)))))``: the input of ``sn_last`` before any shortcut."""
-        return conv_bn(self.conv2, self.bn2, self.sn1(conv_bn(self.conv1, self.bn1, x)))
+    def residual_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv(SN(BN(conv(x))))``: the input of the last batch norm."""
+        return seq_fold(self.conv2, conv_bn_sn(self.conv1, self.bn1, self.sn1, x))
 
 
 @BLOCKS.register("SEW", description="SEW block (Fig. 1c, 2b): O = g(SN(BN(conv(SN(BN(conv(S)))))), S); "

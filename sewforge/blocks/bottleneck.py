@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..registry import BLOCKS
-from .base import NeuronFactory, ResidualBlock, _positive_int, conv_bn
+from ..layers import seq_fold
+from .base import NeuronFactory, ResidualBlock, _positive_int, conv_bn_sn
 
 __all__ = ["SEWBottleneck", "SpikingBottleneck"]
 
@@ -48,11 +49,11 @@ class _Bottleneck(ResidualBlock):
         self.sn3 = self.new_neuron()
         self._add_shortcut()
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """The input of ``sn_last`` before any shortcut."""
-        out = self.sn1(conv_bn(self.conv1, self.bn1, x))
-        out = self.sn2(conv_bn(self.conv2, self.bn2, out))
-        return conv_bn(self.conv3, self.bn3, out)
+    def residual_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of the last batch norm: ``conv1x1(SN(BN(conv3x3(SN(BN(conv1x1(x)))))))``."""
+        out = conv_bn_sn(self.conv1, self.bn1, self.sn1, x)
+        out = conv_bn_sn(self.conv2, self.bn2, self.sn2, out)
+        return seq_fold(self.conv3, out)
 
     def extra_repr(self) -> str:
         extra = f", width={self.width}" + (f", groups={self.groups}" if self.groups != 1 else "")

@@ -54,8 +54,9 @@ def create_model(name_or_spec: str, **kwargs: Any) -> nn.Module:
     Keyword arguments set to None mean "the model's default" and are dropped. Common ones:
     ``num_classes``, ``T``, ``g``, ``neuron``, ``surrogate``, ``zero_init``, ``v_threshold``;
     a spec string also needs ``input_shape=(C, H, W)``. Execution: ``memory="compact"`` (default;
-    spikes saved for backward in 1 bit), ``"recompute"`` (each residual block rerun in backward,
-    plus compact) or ``"dense"``; ``channels_last=True`` for channels_last weights and activations.
+    spikes saved for backward in 1 bit), ``"lean"`` (plus each batch norm -> neuron chain rerun in
+    backward instead of keeping the neuron's fp32 potential), ``"recompute"`` (each residual block
+    rerun in backward, plus compact) or ``"dense"``; ``channels_last=True`` for channels_last weights and activations.
     ``pretrained=PATH`` loads weights from a sewforge checkpoint, a SpikingJelly 2.0 state dict or a
     2021 SEW checkpoint, converting them (:func:`sewforge.interop.convert_state_dict`).
     """

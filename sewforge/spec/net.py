@@ -10,7 +10,7 @@ from torch import nn
 
 from ..checks import positive_int
 from ..layers import SeqFold, repeat_steps, steps_channels_last
-from ..memory import MEMORY_MODES, check_memory_mode, memory_context, recompute
+from ..memory import MEMORY_MODES, check_memory_mode, memory_context, recompute, recompute_chain, segments
 from .errors import SpecError
 from .graph import Graph, GraphNode
 from .lower import construct
@@ -47,18 +47,6 @@ def _check_input_shape(input_shape: Any) -> Tuple[int, ...]:
     return shape
 
 
-#: a convolution with at most this many input values per output (in_channels x kernel area / groups)
-#: is recomputed in backward rather than keeping the batch norm input it feeds (compact memory)
-THIN_CONV = 8
-
-
-def _thin_conv(layer: nn.Module) -> bool:
-    conv = getattr(layer, "module", layer)
-    if not isinstance(conv, nn.Conv2d):
-        return False
-    return conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1] <= THIN_CONV
-
-
 def _check_T(T: Any) -> Optional[int]:
     if T is None:
         return None
@@ -76,8 +64,10 @@ class SpecNet(nn.Module):
     its outputs and costs one matrix product instead of T.
 
     ``memory`` (settable, see :mod:`sewforge.memory`): "compact" keeps the spikes saved for
-    backward in 1 bit (1 byte for SEW block outputs), "recompute" also reruns each residual block
-    in backward instead of keeping its activations, "dense" leaves autograd as usual.
+    backward in 1 bit (1 byte for SEW block outputs), "lean" also reruns every batch norm ->
+    neuron chain in backward instead of keeping the neuron's fp32 potential (see
+    :func:`sewforge.memory.segments`), "recompute" reruns each residual block in backward instead
+    of keeping its activations, "dense" leaves autograd as usual.
     ``channels_last=True`` keeps the weights and every step of the activations in channels_last
     layout (the input is converted in ``forward``).
     """
@@ -127,7 +117,7 @@ class SpecNet(nn.Module):
 
     @property
     def memory(self) -> str:
-        """How activations are kept for backward: "compact", "dense" or "recompute" (settable)."""
+        """How activations are kept for backward: "compact", "dense", "recompute" or "lean" (settable)."""
         return self._memory
 
     @memory.setter
@@ -282,15 +272,15 @@ class SpecNet(nn.Module):
                 x = steps_channels_last(x)
         end = self._head_start
         again = self.memory == "recompute"
-        lean = self.memory != "dense" and torch.is_grad_enabled()
+        runs = dict(segments(self._kinds, self.layers, self.memory, start, end)) if torch.is_grad_enabled() else {}
         i = start
         while i < end:
             layer, kind = self.layers[i], self._kinds[i]
-            if lean and kind == "conv" and i + 1 < end and self._kinds[i + 1] == "bn" and _thin_conv(layer):
-                # a conv this thin costs less than the batch norm it feeds: keep its (small) input
-                # and run both again in backward, instead of keeping the batch norm's input
-                x = recompute(nn.Sequential(layer, self.layers[i + 1]), x)
-                i += 2
+            stop = runs.get(i)
+            if stop is not None:  # the memory policy: keep this run's input, run it again in backward
+                run = list(self.layers[i:stop])
+                x = recompute_chain(nn.Sequential(*run), x, modules=run)
+                i = stop
                 continue
             x = recompute(layer, x) if again and kind == "block" else layer(x)
             i += 1
@@ -425,7 +415,7 @@ def build(spec: Union[str, Spec], input_shape: Any = None, T: Optional[int] = No
     neuron, ``zero_init`` on every block, ``num_classes`` replaces the final ``FC``'s size.
     ``fuse`` runs each block's last neuron and g as one kernel. Blocks use the neuron of the
     nearest neuron token written before them (``IF`` if there is none) unless given
-    ``neuron=...``. ``memory`` ("compact", "dense", "recompute") and ``channels_last`` are
+    ``neuron=...``. ``memory`` ("compact", "dense", "recompute", "lean") and ``channels_last`` are
     described in :class:`SpecNet`. ``naming`` ("spec" or "torchvision") chooses the layer names
     in ``state_dict``, ``init`` ("default" or "torchvision") the initialisation (see
     :data:`NAMINGS`, :data:`INITS`). Any problem raises :class:`SpecError` pointing at the token.

@@ -44,8 +44,9 @@ class ModelConfig:
     zero_init: Optional[bool] = field(default=None, metadata=_meta("start every residual block as an identity"))
     v_threshold: Optional[float] = field(default=None, metadata=_meta("firing threshold of every neuron"))
     memory: str = field(default="compact", metadata=_meta(
-        "what backward keeps: compact (spikes in 1 bit), recompute (rerun each residual block in backward, "
-        "plus compact; least memory) or dense", choices=MEMORY_MODES))
+        "what backward keeps: compact (spikes in 1 bit), lean (compact, and each batch norm and neuron "
+        "rerun in backward instead of keeping the neuron's fp32 potential), recompute (rerun each residual "
+        "block in backward, plus compact) or dense", choices=MEMORY_MODES))
     channels_last: bool = field(default=False, metadata=_meta(
         "channels_last layout of weights and of every time step of the activations (faster convolutions "
         "on recent GPUs)"))
