@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from sewforge.data import DatasetFormatError
 from sewforge.data.aedat import read_aedat3, read_cifar10dvs_aedat
 from sewforge.train import CheckpointError, RecipeError, load_checkpoint, load_recipe
-from sewforge.train.checkpoint import save_checkpoint
 
 FUZZ = settings(max_examples=int(os.environ.get("SEWFORGE_FUZZ_EXAMPLES", "60")), deadline=None)
 

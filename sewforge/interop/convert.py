@@ -27,7 +27,6 @@ listing them all. Nothing is written unless the conversion succeeded.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import warnings
 from dataclasses import dataclass, field
