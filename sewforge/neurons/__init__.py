@@ -11,10 +11,12 @@ from .charge import IF_CHARGE, LIF_CHARGE, LIF_CHARGE_NO_DECAY_INPUT, ChargeEqua
 from ..kernels.derive import charge_from_step
 from .core import IFNode, LIFNode, LTLIFNode, PLIFNode
 from .stepdef import Param, StepFunctionError, StepNeuron
+from .zoo import ALIFNode, ChannelLIFNode, CUBALIFNode, IzhikevichNode
 
 __all__ = ["BaseNeuron", "ChargeEquation", "IFNode", "LIFNode", "LTLIFNode", "PLIFNode", "create_neuron",
            "check_tau", "IF_CHARGE", "LIF_CHARGE", "LIF_CHARGE_NO_DECAY_INPUT", "Param", "StepNeuron",
-           "StepFunctionError", "charge_from_step"]
+           "StepFunctionError", "charge_from_step", "ALIFNode", "IzhikevichNode", "CUBALIFNode",
+           "ChannelLIFNode"]
 
 
 def create_neuron(name: str, **kwargs: Any) -> nn.Module:
