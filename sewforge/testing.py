@@ -25,14 +25,11 @@ __all__ = ["TOLERANCES", "compare_to_reference", "check_neuron", "check_surrogat
            "fused_backends"]
 
 
-def fused_backends(device: Any = "cpu", neuron: Any = None) -> Tuple[str, ...]:
-    """The fused implementations that can run on ``device`` in this process (for ``neuron``: those
-    that fuse it; a neuron with several states or per-channel parameters is fused on the CPU only,
-    the Triton backend runs its reference)."""
-    multistate = getattr(neuron, "_multistate", None) is not None
+def fused_backends(device: Any = "cpu") -> Tuple[str, ...]:
+    """The fused implementations that can run on ``device`` in this process."""
     if torch.device(device).type == "cuda":
-        return ("triton",) if HAS_TRITON and not multistate else ()
-    return ("cpu",) + (("triton",) if HAS_TRITON and interpreting() and not multistate else ())
+        return ("triton",) if HAS_TRITON else ()
+    return ("cpu",) + (("triton",) if HAS_TRITON and interpreting() else ())
 
 
 def _compare_module(neuron: Any, x: torch.Tensor, *, shortcut: Optional[torch.Tensor], g: Any,
@@ -120,7 +117,7 @@ def compare_to_reference(
     ``backend``: the fused implementation to check (``"cpu"`` or ``"triton"``); by default every
     one that can run on x's device (:func:`fused_backends`)."""
     if backend is None:
-        for b in fused_backends(x.device, neuron):
+        for b in fused_backends(x.device):
             compare_to_reference(neuron, x, shortcut=shortcut, g=g, grad_out=grad_out, case=case, backend=b)
         return
     if getattr(neuron, "_multistate", None) is not None:

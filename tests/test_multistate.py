@@ -14,7 +14,7 @@ from sewforge.neurons import ALIFNode, CUBALIFNode, ChannelLIFNode, IzhikevichNo
 from sewforge.neurons import StepFunctionError, create_neuron
 from sewforge.testing import check_neuron, compare_to_reference, fused_backends
 
-BACKENDS = ("torch", "cpu")
+BACKENDS = ("torch",) + fused_backends("cpu")  # the reference, the C kernel, Triton's interpreter
 
 
 def run(neuron, x, backend):
@@ -80,7 +80,7 @@ def test_new_neurons_match_reference_in_float64(name, kw):
        surrogate=st.sampled_from(["ATan", "Sigmoid", "PiecewiseQuadratic", "Rectangular"]),
        v_reset=st.sampled_from([0.0, None, -0.25]), detach=st.booleans(), g=st.sampled_from([None, "ADD", "AND"]),
        seed=st.integers(0, 2 ** 16))
-def test_hypothesis_cpu_kernel_matches_reference(name, T, dims, dtype, surrogate, v_reset, detach, g, seed):
+def test_hypothesis_fused_kernels_match_reference(name, T, dims, dtype, surrogate, v_reset, detach, g, seed):
     gen = torch.Generator().manual_seed(seed)
     shape = (T,) + tuple(dims)
     kw = {}
@@ -91,19 +91,22 @@ def test_hypothesis_cpu_kernel_matches_reference(name, T, dims, dtype, surrogate
     n = create_neuron(name, v_reset=v_reset, detach_reset=detach, surrogate=surrogate, **kw)
     x = (torch.randn(shape, generator=gen) * 1.5 + 0.3).to(dtype)
     sc = (torch.rand(shape, generator=gen) > 0.5).to(dtype) if g else None
-    compare_to_reference(n, x, shortcut=sc, g=g, grad_out=torch.randn(shape, generator=gen), backend="cpu")
+    compare_to_reference(n, x, shortcut=sc, g=g, grad_out=torch.randn(shape, generator=gen))  # every fused path
 
 
-def test_multistate_neurons_are_fused_on_the_cpu_only():
-    assert fused_backends("cpu", ALIFNode()) == ("cpu",)
-    assert "cpu" in fused_backends("cpu", LTLIFNode())
-
-
-def test_triton_backend_runs_the_reference():
+def test_triton_backend_runs_the_multistate_kernels(monkeypatch):
     if "triton" not in fused_backends("cpu"):
         pytest.skip("no Triton interpreter")
-    x = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0)) * 1.5
-    assert torch.equal(ALIFNode(backend="triton")(x), ALIFNode(backend="torch")(x))
+    import sewforge.kernels.multistate_triton as mt
+
+    calls = []
+    for name in ("forward_launch", "backward_launch"):
+        orig = getattr(mt, name)
+        monkeypatch.setattr(mt, name, lambda *a, _o=orig, _n=name: (calls.append(_n), _o(*a))[1])
+    x = (torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0)) * 1.5).requires_grad_(True)
+    ALIFNode(backend="triton")(x).sum().backward()
+    assert calls == ["forward_launch", "backward_launch"]
+    assert "ms_fwd" in mt.triton_source(ALIFNode._multistate)
 
 
 # ---- per-channel parameters ---------------------------------------------------------------------------

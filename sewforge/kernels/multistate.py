@@ -29,8 +29,7 @@ Per-channel parameters hold one value per channel (dimension 2 of ``[T, B, C, ..
 reads the parameter of each element's channel in any dense layout (channels_last too), and the
 gradient of a per-channel parameter is summed per channel.
 
-The Triton backend does not fuse these neurons yet: on that backend they run the reference (same
-numbers, slower).
+The same algorithm runs in Triton (:mod:`sewforge.kernels.multistate_triton`) on the Triton backend.
 """
 from __future__ import annotations
 
@@ -124,6 +123,11 @@ class MultiStateEquation:
     @property
     def num_states(self) -> int:
         return len(self.states)
+
+    @property
+    def tr(self) -> Dict[str, Any]:
+        """The kernels' expressions in Triton."""
+        return self.c["triton"]
 
     def jacobian(self, u: Sequence[torch.Tensor], x: torch.Tensor, s: torch.Tensor, p: torch.Tensor,
                  v_rest: float) -> Dict[str, Any]:
@@ -259,8 +263,22 @@ def _derive(trees: List["_d._Node"], fire_tree: "_d._Node", K: int, params: Tupl
         "\n    return {" + ", ".join(
             f"{k!r}: [" + ", ".join(("[" + ", ".join(tp(e) for e in row) + "]") if isinstance(row, list) else tp(row)
                                     for row in rows) + "]" for k, rows in jac.items()) + "}\n"
+    # the same in Triton (sewforge.kernels.multistate_triton)
+    trn = {**cnames}
+    trh = {**cnames, **{us[i]: f"h{i}" for i in range(K)}}
+
+    def tr(e, nm=trn) -> str:
+        return _d._sym_print(e, "triton", nm)
+
+    triton = {"new": [_d._emit(t, "triton", names)[0] for t in trees],
+              "fire_h": _d._emit(fire_tree, "triton", {**names, **{f"@u{i}": f"h{i}" for i in range(K)}})[0],
+              "fire_hp": _d._emit(fire_tree, "triton", {**names, **{f"@u{i}": f"hp{i}" for i in range(K)}})[0],
+              "d_u": [[tr(d(F[m], us[i])) for i in range(K)] for m in range(K)],
+              "d_x": [tr(d(F[m], x)) for m in range(K)], "d_s": [tr(d(F[m], s)) for m in range(K)],
+              "d_p": [[tr(d(F[m], q)) for q in pl] for m in range(K)],
+              "dfire_h": [tr(d(phi, us[i]), trh) for i in range(K)], "dfire_p": [tr(d(phi, q), trh) for q in pl]}
     return {"new": new, "fire_h": fire_h, "fire_hp": fire_hp, "d_u": d_u, "d_x": d_x, "d_s": d_s, "d_p": d_p,
-            "dfire_h": dfire_h, "dfire_p": dfire_p, "torch_jacobian": torch_src}, needs_x
+            "dfire_h": dfire_h, "dfire_p": dfire_p, "torch_jacobian": torch_src, "triton": triton}, needs_x
 
 
 # ---- the reference: the author's own function, differentiated by autograd ------------------------
@@ -695,6 +713,106 @@ def check_channels(owner: str, names: Sequence[str], C: int, x: torch.Tensor) ->
                      f"with channels={x.shape[2]}")
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements in memory order (a view)."""
+    return torch.as_strided(t, (t.numel(),), (1,))
+
+
+class _FusedTriton(torch.autograd.Function):
+    """The Triton kernels (GPU, or Triton's interpreter on CPU tensors): the C path's algorithm."""
+
+    @staticmethod
+    def forward(ctx, x, shortcut, P, spec, s0, sp0, alpha, v_threshold, v_reset, need_state, count):  # type: ignore[override]
+        from . import multistate_triton as mt
+
+        eq = spec.eq
+        K = eq.num_states
+        cd = compute_dtype(x.dtype)
+        T = x.shape[0]
+        n = x[0].numel() if T > 0 else 0
+        dev = x.device
+        v_rest = 0.0 if v_reset is None else float(v_reset)
+        needs_grad = any(ctx.needs_input_grad[:3])
+        out = new_output(x, x.dtype if spec.g is None else torch.promote_types(x.dtype, shortcut.dtype))
+        H = torch.empty(K * T * n if needs_grad else 1, dtype=cd, device=dev)
+        C, inner = _channels(x, eq)
+        if s0 is None:
+            S0 = torch.empty(K, max(n, 1), dtype=cd, device=dev)
+            for i in range(K):
+                S0[i].fill_(v_rest if i == 0 else eq.initial[i])
+        else:
+            S0 = torch.stack([_flat(as_time_dense(t.to(cd), like=x[0])) if T > 0 else t.to(cd).reshape(-1)
+                              for t in s0]) if n > 0 else torch.zeros(K, 1, dtype=cd, device=dev)
+        SP0 = _flat(as_time_dense(sp0.to(cd), like=x[0])).contiguous() if sp0 is not None and n > 0 else None
+        store = need_state and T > 0 and n > 0
+        SOUT = torch.empty(K, max(n, 1), dtype=cd, device=dev)
+        SPOUT = torch.empty(max(n, 1), dtype=cd, device=dev)
+        CNT = torch.zeros(1, dtype=torch.float64, device=dev)
+        Pc = P.detach().to(cd).contiguous()
+        if T > 0 and n > 0:
+            args, constants = mt.forward_args(spec, x, shortcut, out, H, Pc, S0, SP0, SOUT, SPOUT, CNT, n, T, C, inner,
+                                              v_threshold, v_rest, save_h=needs_grad, store=store, count=count)
+            mt.forward_launch(spec, n, args, constants)
+        state: Tuple[torch.Tensor, ...] = ()
+        if need_state:
+            like = x[0] if T > 0 else torch.empty(x.shape[1:], device=dev)
+            src, src_sp = (SOUT, SPOUT) if store else (S0, SP0 if SP0 is not None else torch.zeros(max(n, 1), dtype=cd,
+                                                                                                   device=dev))
+            state = tuple(torch.as_strided(src[i], like.shape, like.stride()).clone() if n > 0 else
+                          torch.empty(like.shape, dtype=cd, device=dev) for i in range(K)) + (
+                torch.as_strided(src_sp, like.shape, like.stride()).clone() if n > 0 else
+                torch.empty(like.shape, dtype=cd, device=dev),)
+        ctx.spec, ctx.alpha, ctx.v_threshold, ctx.v_rest = spec, alpha, v_threshold, v_rest
+        ctx.x_dtype, ctx.out_dtype = x.dtype, out.dtype
+        ctx.sc_dtype = shortcut.dtype if shortcut is not None else None
+        ctx.C, ctx.inner, ctx.shape, ctx.n = C, inner, x.shape, n
+        if needs_grad:
+            keep_x = x if eq.needs_input_in_backward else None
+            keep_sc = shortcut if spec.g is not None and spec.g.backward_reads_s else None
+            ctx.save_for_backward(keep_x, H, keep_sc, Pc, S0, SP0, out)
+        counted = CNT if count else x.new_empty((0,), dtype=torch.float64)
+        outs = (out, counted) + state
+        ctx.mark_non_differentiable(*outs[1:])
+        return outs
+
+    @staticmethod
+    def backward(ctx, grad_out, *_rest):  # type: ignore[override]
+        from . import multistate_triton as mt
+
+        x, H, sc, P, S0, SP0, out = ctx.saved_tensors
+        spec = ctx.spec
+        eq = spec.eq
+        L = len(eq.learnable_names)
+        T, n, C = ctx.shape[0], ctx.n, ctx.C
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        go = as_time_dense(grad_out.to(ctx.out_dtype), like=out)
+        need_gx, need_gsc, need_gp = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        need_gsc = need_gsc and spec.g is not None
+        gx = new_output(out, ctx.x_dtype) if need_gx else None
+        gsc = new_output(out, ctx.sc_dtype) if need_gsc else None
+        gpe = torch.empty(L * n, dtype=H.dtype, device=H.device) if need_gp and L and n > 0 else None
+        if T > 0 and n > 0 and (gx is not None or gsc is not None or gpe is not None):
+            args, constants = mt.backward_args(spec, go, x, H, sc, P, S0, SP0, gx, gsc, gpe, n, T, C, ctx.inner,
+                                               ctx.v_threshold, ctx.v_rest, ctx.alpha, H.dtype)
+            mt.backward_launch(spec, n, args, constants)
+        else:
+            for t in (gx, gsc):
+                if t is not None:
+                    t.zero_()
+        gp = None
+        if need_gp:
+            gp = torch.zeros_like(P)
+            if gpe is not None:
+                ch = (torch.arange(n, device=H.device) // ctx.inner) % C
+                table = torch.zeros(L, C, dtype=torch.float64, device=H.device)
+                table.index_add_(1, ch, gpe.view(L, n).double())
+                idx = {nm: i for i, nm in enumerate(eq.param_names)}
+                for k, nm in enumerate(eq.learnable_names):
+                    gp[idx[nm]] = table[k].to(gp.dtype)
+        return gx, gsc, gp, None, None, None, None, None, None, None, None
+
+
 # ---- dispatch -------------------------------------------------------------------------------------
 def param_table(eq: MultiStateEquation, values: Dict[str, torch.Tensor], C: int) -> torch.Tensor:
     """``[num_params, C]`` (at least one row): scalar parameters repeated over the columns."""
@@ -728,12 +846,15 @@ def multistate_neuron(x: torch.Tensor, eq: MultiStateEquation, values: Dict[str,
         check_channels(eq.name, eq.per_channel, C, x)
     impl = resolve_backend(x, backend)
     lib = None
+    if impl in ("cpu", "triton") and shortcut is not None and shortcut.dtype != x.dtype:
+        common = torch.promote_types(x.dtype, shortcut.dtype)  # one I/O dtype: cast up (exact)
+        x, shortcut = x.to(common), shortcut.to(common)
+    spec = _Spec(eq, type(sg), g_fn, v_reset is not None, detach_reset)
     if impl == "cpu":
-        if shortcut is not None and shortcut.dtype != x.dtype:
-            common = torch.promote_types(x.dtype, shortcut.dtype)
-            x, shortcut = x.to(common), shortcut.to(common)
-        lib = _library(_Spec(eq, type(sg), g_fn, v_reset is not None, detach_reset), x.dtype)
-    if lib is None:  # the reference (backend torch, the Triton backend, no C compiler)
+        lib = _library(spec, x.dtype)
+    fused_triton = impl == "triton" and sg.triton_derivative is not None and (g_fn is None or
+                                                                             g_fn.triton_fn is not None)
+    if lib is None and not fused_triton:  # the reference (backend torch, no C compiler)
         out, state = multistate_reference(x, eq, values, sg, v_threshold, v_reset, detach_reset, state0=state0,
                                           shortcut=shortcut, g=g_fn)
         c = None
@@ -749,9 +870,12 @@ def multistate_neuron(x: torch.Tensor, eq: MultiStateEquation, values: Dict[str,
         shortcut = as_time_dense(shortcut, like=x)
     C, _ = _channels(x, eq)
     P = param_table(eq, values, C).to(compute_dtype(x.dtype))
-    spec = _Spec(eq, type(sg), g_fn, v_reset is not None, detach_reset)
     s0 = list(state0[:-1]) if state0 is not None else None
     sp0 = state0[-1] if state0 is not None else None
+    if fused_triton:
+        res = _FusedTriton.apply(x, shortcut, P, spec, s0, sp0, float(sg.alpha), float(v_threshold), v_reset,
+                                 need_state, count)
+        return res[0], tuple(res[2:]), (res[1] if count else None)
     res = _FusedC.apply(x, shortcut, P, spec, lib, s0, sp0, float(sg.alpha), float(v_threshold), v_reset, need_state,
                        count)
     out, counted, state = res[0], res[1], tuple(res[2:])
