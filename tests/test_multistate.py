@@ -109,6 +109,37 @@ def test_triton_backend_runs_the_multistate_kernels(monkeypatch):
     assert "ms_fwd" in mt.triton_source(ALIFNode._multistate)
 
 
+class Refractory(StepNeuron):
+    """One state and the previous spike: a spike holds the potential down for the next step."""
+
+    params = {"r": Param(0.75, learnable=True)}
+
+    @staticmethod
+    def step(v, x, s, p):
+        return v + (x - (v - p.v_rest)) * 0.5 - p.r * s
+
+
+class ConstantState(StepNeuron):
+    """A state that is a constant and one the step never reads."""
+
+    states = ("v", "c", "unused")
+
+    @staticmethod
+    def step(v, c, unused, x, p):
+        return v * 0.5 + x + c, 0.25, 2
+
+
+@pytest.mark.parametrize("cls", [Refractory, ConstantState])
+def test_single_state_with_previous_spike_and_constant_states(cls):
+    assert cls._multistate is not None
+    gen = torch.Generator().manual_seed(5)
+    for v_reset in (0.0, None):
+        for detach in (True, False):
+            x = torch.randn(6, 3, 4, generator=gen) * 1.5 + 0.3
+            compare_to_reference(cls(v_reset=v_reset, detach_reset=detach), x,
+                                 grad_out=torch.randn(x.shape, generator=gen))
+
+
 # ---- per-channel parameters ---------------------------------------------------------------------------
 def _channel_oracle(k, theta, x, go, **kw):
     """Per-channel gradients from one scalar LTLIF run per channel (its own, single-state kernels)."""

@@ -442,7 +442,6 @@ def generate_source(spec: _Spec, dtype: torch.dtype) -> str:
     eq, g = spec.eq, spec.g
     c = eq.c
     K, L = eq.num_states, len(eq.learnable_names)
-    idx = {n: i for i, n in enumerate(eq.param_names)}
     double = compute_dtype(dtype) == torch.float64
     fn = (lambda nm: nm) if double else (lambda nm: nm + "f")
     src = [_PRELUDE.format(real="double" if double else "float", exp=fn("exp"), log=fn("log"), sqrt=fn("sqrt"),
@@ -493,7 +492,6 @@ def generate_source(spec: _Spec, dtype: torch.dtype) -> str:
     gs_new = f"gsn[j] = {dot(c['d_s'])};" if eq.uses_s else ""
     dp_fire = " ".join(f"dp{k}[j] += q * (real)({e});" for k, e in enumerate(c["dfire_p"]) if e != "0")
     dp_step = " ".join(f"dp{k}[j] += {dot([c['d_p'][m][k] for m in range(K)])};" for k in range(L))
-    lidx = [idx[n] for n in eq.learnable_names]
     gp_reduce = ("if (gp_out) { for (int64_t j = 0; j < n; j++) { const int64_t ch = ((b0 + j) / inner) % C; "
                  + " ".join(f"gp_out[{k} * C + ch] += (double)dp{k}[j];" for k in range(L)) + " } }") if L else ""
     src.append(_BWD.format(
@@ -505,7 +503,6 @@ def generate_source(spec: _Spec, dtype: torch.dtype) -> str:
         gammas=" ".join(gammas), dp_fire=dp_fire if L else "", prev=prev,
         load_x="LD(X[o + j])" if eq.needs_input_in_backward else "(real)0",
         lam_new=lam_new, gs_new=gs_new, gx=dot(c["d_x"]), dp_step=dp_step, gp_reduce=gp_reduce))
-    del lidx
     return "\n".join(src)
 
 
@@ -623,7 +620,7 @@ class _FusedC(torch.autograd.Function):
         ctx.spec, ctx.lib, ctx.alpha, ctx.v_threshold, ctx.v_rest = spec, lib, alpha, v_threshold, v_rest
         ctx.x_dtype, ctx.out_dtype = x.dtype, out.dtype
         ctx.sc_dtype = shortcut.dtype if shortcut is not None else None
-        ctx.C, ctx.inner = C, inner
+        ctx.C, ctx.inner, ctx.layout = C, inner, (out.shape, out.stride())
         if needs_grad:
             keep_x = x if eq.needs_input_in_backward else None
             keep_sc = shortcut if spec.g is not None and spec.g.backward_reads_s else None
@@ -645,13 +642,14 @@ class _FusedC(torch.autograd.Function):
         shape = ctx.shape
         T = shape[0]
         n = H.numel() // (eq.num_states * T) if T > 0 and H.numel() else 0
+        lshape, lstride = ctx.layout
         if grad_out is None:
             grad_out = torch.zeros(shape, dtype=ctx.out_dtype)
-        go = _like_step_layout(grad_out.to(ctx.out_dtype), s0[0] if T > 0 else None)
+        go = _with_layout(grad_out.to(ctx.out_dtype), lshape, lstride)
         need_gx, need_gsc, need_gp = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         need_gsc = need_gsc and spec.g is not None
-        gx = _empty_like_layout(go, ctx.x_dtype) if need_gx else None
-        gsc = _empty_like_layout(go, ctx.sc_dtype) if need_gsc else None
+        gx = _alloc(lshape, lstride, ctx.x_dtype, go.device) if need_gx else None
+        gsc = _alloc(lshape, lstride, ctx.sc_dtype, go.device) if need_gsc else None
         C = ctx.C
         gp_table = torch.zeros(L, C, dtype=torch.float64)
         if T > 0 and n > 0:
@@ -677,27 +675,18 @@ class _FusedC(torch.autograd.Function):
         return gx, gsc, gp, None, None, None, None, None, None, None, None, None
 
 
-def _like_step_layout(t: torch.Tensor, step_like: Optional[torch.Tensor]) -> torch.Tensor:
-    """``t`` ([T, ...]) time-dense with each step laid out like ``step_like``."""
-    if step_like is None:
-        return as_time_dense(t)
-    target = torch.empty_like(step_like, dtype=t.dtype).unsqueeze(0).expand(t.shape)
-    if all(a == b for a, b, sz in zip(t.stride()[1:], target.stride()[1:], t.shape[1:]) if sz != 1) and \
-            (t.shape[0] <= 1 or t.stride(0) == t[0].numel()):
+def _with_layout(t: torch.Tensor, shape: torch.Size, stride: Tuple[int, ...]) -> torch.Tensor:
+    """``t`` (of ``shape``) itself when it has the forward's strides, else a copy that has them."""
+    if all(a == b for a, b, sz in zip(t.stride(), stride, shape) if sz != 1):
         return t
-    out = _empty_like_layout_of(step_like, t.shape, t.dtype)
+    out = torch.empty_strided(shape, stride, dtype=t.dtype, device=t.device)
     out.copy_(t)
     return out
 
 
-def _empty_like_layout_of(step_like: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    n = step_like.numel()
-    strides = (n,) + tuple(step_like.stride())
-    return torch.empty_strided(shape, strides, dtype=dtype)
-
-
-def _empty_like_layout(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty_like(t, dtype=dtype)
+def _alloc(shape: torch.Size, stride: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A kernel output with the forward's layout (pre-filled under ``fill_outputs_with``)."""
+    return new_output(torch.empty_strided(shape, stride, dtype=dtype, device=device), dtype)
 
 
 def check_channels(owner: str, names: Sequence[str], C: int, x: torch.Tensor) -> None:
@@ -766,10 +755,11 @@ class _FusedTriton(torch.autograd.Function):
         ctx.x_dtype, ctx.out_dtype = x.dtype, out.dtype
         ctx.sc_dtype = shortcut.dtype if shortcut is not None else None
         ctx.C, ctx.inner, ctx.shape, ctx.n = C, inner, x.shape, n
+        ctx.layout = (out.shape, out.stride())
         if needs_grad:
             keep_x = x if eq.needs_input_in_backward else None
             keep_sc = shortcut if spec.g is not None and spec.g.backward_reads_s else None
-            ctx.save_for_backward(keep_x, H, keep_sc, Pc, S0, SP0, out)
+            ctx.save_for_backward(keep_x, H, keep_sc, Pc, S0, SP0)
         counted = CNT if count else x.new_empty((0,), dtype=torch.float64)
         outs = (out, counted) + state
         ctx.mark_non_differentiable(*outs[1:])
@@ -779,18 +769,19 @@ class _FusedTriton(torch.autograd.Function):
     def backward(ctx, grad_out, *_rest):  # type: ignore[override]
         from . import multistate_triton as mt
 
-        x, H, sc, P, S0, SP0, out = ctx.saved_tensors
+        x, H, sc, P, S0, SP0 = ctx.saved_tensors
         spec = ctx.spec
         eq = spec.eq
         L = len(eq.learnable_names)
         T, n, C = ctx.shape[0], ctx.n, ctx.C
+        lshape, lstride = ctx.layout
         if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        go = as_time_dense(grad_out.to(ctx.out_dtype), like=out)
+            grad_out = torch.zeros(lshape, dtype=ctx.out_dtype, device=H.device)
+        go = _with_layout(grad_out.to(ctx.out_dtype), lshape, lstride)
         need_gx, need_gsc, need_gp = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         need_gsc = need_gsc and spec.g is not None
-        gx = new_output(out, ctx.x_dtype) if need_gx else None
-        gsc = new_output(out, ctx.sc_dtype) if need_gsc else None
+        gx = _alloc(lshape, lstride, ctx.x_dtype, H.device) if need_gx else None
+        gsc = _alloc(lshape, lstride, ctx.sc_dtype, H.device) if need_gsc else None
         gpe = torch.empty(L * n, dtype=H.dtype, device=H.device) if need_gp and L and n > 0 else None
         if T > 0 and n > 0 and (gx is not None or gsc is not None or gpe is not None):
             args, constants = mt.backward_args(spec, go, x, H, sc, P, S0, SP0, gx, gsc, gpe, n, T, C, ctx.inner,
