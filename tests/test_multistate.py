@@ -66,6 +66,20 @@ def test_streaming_equals_one_call(backend):
         assert torch.equal(whole, parts), cls.__name__
 
 
+def test_spike_count_is_the_same_on_every_backend():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(7, 2, 3, 4, generator=gen) * 1.5 + 0.5
+    sc = (torch.rand(x.shape, generator=gen) > 0.5).float()
+    counts = []
+    for b in BACKENDS:
+        n = ChannelLIFNode(channels=3, k=[0.3, 0.5, 0.8], backend=b)
+        n.count_spikes = True
+        n(x, shortcut=sc, g="IAND")  # the neuron's own spikes, before g
+        counts.append(n.spike_count.item())
+    want = ChannelLIFNode(channels=3, k=[0.3, 0.5, 0.8], backend="torch")(x).sum().item()
+    assert counts == [want] * len(BACKENDS) and want > 0
+
+
 # ---- fused CPU kernel against the reference -------------------------------------------------------
 # every registered neuron (these included) runs check_neuron's full grid in test_kernels.py; here fp64 too
 @pytest.mark.parametrize("name,kw", [("ALIF", {}), ("Izhikevich", {}), ("CUBALIF", {}), ("ChannelLIF", {"channels": 2})])

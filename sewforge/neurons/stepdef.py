@@ -18,6 +18,26 @@ the PyTorch reference, the fused C and Triton kernels and every gradient. A step
 kernels cannot run is refused right there, with its line. Each parameter is a constructor keyword
 (``GainLIF(k=0.25)``); learnable ones are ``nn.Parameter`` scalars, one per layer, the others
 buffers. Reset, threshold, surrogate and SEW fusion are those of every :class:`BaseNeuron`.
+
+Several state variables, the previous spike and per-channel parameters::
+
+    class ALIF(StepNeuron):
+        states = ("v", "a")                     # the potential (fires, resets) first
+        params = {"k": Param(0.5), "rho": Param(0.9), "beta": Param(0.5, learnable=True, per_channel=True)}
+
+        @staticmethod
+        def step(v, a, x, s, p):                # s: the neuron's spike of the previous step (0 at t = 0)
+            return v + (x - (v - p.v_rest)) * p.k, p.rho * a + s
+
+        @staticmethod
+        def fire(v, a, p):                      # compared with v_threshold (default: v)
+            return v - p.beta * a
+
+The reset changes ``v`` only; a spike reaches the other states through ``s`` one step later. The
+other states start at 0 unless ``initial = {"a": ...}`` says otherwise. A per-channel parameter
+holds one value per channel (dimension 2 of ``[T, B, C, ...]``); such a neuron is built with
+``channels=C``. These neurons are derived by :mod:`sewforge.kernels.multistate` (reference, C and
+Triton kernels); the stateful state is the tuple ``(v, a, ..., last spike)``.
 """
 from __future__ import annotations
 
