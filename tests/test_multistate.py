@@ -349,3 +349,20 @@ def test_initial_values_of_other_states():
         assert Init(backend=b)(torch.tensor([[0.6]])).item() == 1.0  # 0 + 0.6 + 0.5 >= 1
     with pytest.raises(StepFunctionError, match=r"initial values for \['v'\]"):
         multistate_from_step(Init.step, ("v", "a"), initial={"v": 1.0})
+
+
+def test_derivation_is_cached_on_disk(tmp_path, monkeypatch):
+    import sewforge.kernels.multistate as ms
+
+    monkeypatch.setenv("SEWFORGE_KERNEL_CACHE", str(tmp_path))
+    first = ms.multistate_from_step(ALIFNode.step, ("v", "a"), ("k", "rho", "beta"), learnable=("beta",),
+                                    fire=ALIFNode.fire)
+    assert list(tmp_path.glob("derived/multistate_*.json"))
+
+    def no_sympy(*a, **kw):
+        raise AssertionError("derived again")
+
+    monkeypatch.setattr(ms, "_derive_sympy", no_sympy)
+    again = ms.multistate_from_step(ALIFNode.step, ("v", "a"), ("k", "rho", "beta"), learnable=("beta",),
+                                    fire=ALIFNode.fire)
+    assert again.c == first.c and again.c == ALIFNode._multistate.c

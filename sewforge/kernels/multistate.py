@@ -213,8 +213,40 @@ def multistate_from_step(step: Callable, states: Sequence[str] = ("v",), params:
                               fire=fire, initial=init, c=c, needs_input_in_backward=needs_x)
 
 
+_DERIVE_VERSION = 1
+
+
 def _derive(trees: List["_d._Node"], fire_tree: "_d._Node", K: int, params: Tuple[str, ...],
             learn: Tuple[str, ...]) -> Tuple[Dict[str, Any], bool]:
+    """The kernels' expressions and whether a derivative reads x; from the disk cache (no SymPy
+    import) when this equation was derived before."""
+    import json
+
+    names = {"@x": "xv", "@s": "sp", "v_rest": "v_rest", **{f"@u{i}": f"u{i}" for i in range(K)},
+             **{n: f"p{i}" for i, n in enumerate(params)}}
+    canonical = [_DERIVE_VERSION, K, params, learn, [_d._emit(t, "c", names)[0] for t in trees],
+                 _d._emit(fire_tree, "c", names)[0]]
+    key = hashlib.sha256(json.dumps(canonical).encode()).hexdigest()[:24]
+    path = _d._cache_dir() / f"multistate_{key}.json"
+    try:
+        cached = json.loads(path.read_text())
+        return cached["c"], cached["needs_x"]
+    except (OSError, ValueError, KeyError):
+        pass
+    c, needs_x = _derive_sympy(trees, fire_tree, K, params, learn)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"c": c, "needs_x": needs_x}, f)
+        os.replace(tmp, path)  # atomic: concurrent writers of the same equation are harmless
+    except OSError:
+        pass  # a read-only cache only costs the derivation next time
+    return c, needs_x
+
+
+def _derive_sympy(trees: List["_d._Node"], fire_tree: "_d._Node", K: int, params: Tuple[str, ...],
+                  learn: Tuple[str, ...]) -> Tuple[Dict[str, Any], bool]:
     import sympy
 
     idx = {n: i for i, n in enumerate(params)}
@@ -360,10 +392,12 @@ void fwd(const io_t* restrict X, const io_t* restrict SC, io_t* restrict OUT, re
          real* restrict SPOUT, int64_t start, int64_t stop, int64_t N, int64_t T, int64_t C, int64_t inner,
          double v_th_, double v_rest_, double* restrict count_out) {{
   const real v_th = (real)v_th_, v_rest = (real)v_rest_;
-  real ub[{K}][BLOCK]; real spb[BLOCK];
+  {params_top}
+  real ub[{K}][BLOCK]; real spb[BLOCK]; {ch_decl}
   int64_t count = 0;
   for (int64_t b0 = start; b0 < stop; b0 += BLOCK) {{
     const int64_t n = (stop - b0) < BLOCK ? (stop - b0) : BLOCK;
+    {ch_fill}
     for (int64_t j = 0; j < n; j++) {{
       for (int k = 0; k < {K}; k++) ub[k][j] = S0[k][b0 + j];
       spb[j] = SP0 ? SP0[b0 + j] : (real)0;
@@ -371,7 +405,6 @@ void fwd(const io_t* restrict X, const io_t* restrict SC, io_t* restrict OUT, re
     for (int64_t t = 0; t < T; t++) {{
       const int64_t o = t * N + b0;
       for (int64_t j = 0; j < n; j++) {{
-        const int64_t ch = ((b0 + j) / inner) % C;
         {params}
         {load_u}
         const real sp = spb[j]; (void)sp;
@@ -401,15 +434,16 @@ void bwd(const io_t* restrict GO, const io_t* restrict X, const real* restrict H
          double v_rest_, double alpha_, double* restrict gp_out) {{
   const real v_th = (real)v_th_, v_rest = (real)v_rest_, alpha = (real)alpha_;
   const int64_t TN = T * N;
-  real lam[{K}][BLOCK]; real gsn[BLOCK];
+  {params_top}
+  real lam[{K}][BLOCK]; real gsn[BLOCK]; {ch_decl}
   {dp_decl}
   for (int64_t b0 = start; b0 < stop; b0 += BLOCK) {{
     const int64_t n = (stop - b0) < BLOCK ? (stop - b0) : BLOCK;
+    {ch_fill}
     for (int64_t j = 0; j < n; j++) {{ for (int k = 0; k < {K}; k++) lam[k][j] = 0; gsn[j] = 0; {dp_zero} }}
     for (int64_t t = T - 1; t >= 0; t--) {{
       const int64_t o = t * N + b0;
       for (int64_t j = 0; j < n; j++) {{
-        const int64_t ch = ((b0 + j) / inner) % C;
         {params}
         {load_h}
         const real f = (real)({fire});
@@ -447,12 +481,20 @@ def generate_source(spec: _Spec, dtype: torch.dtype) -> str:
     src = [_PRELUDE.format(real="double" if double else "float", exp=fn("exp"), log=fn("log"), sqrt=fn("sqrt"),
                            fabs=fn("fabs"), tanh=fn("tanh"), atan=fn("atan"), pow=fn("pow"), block=_BLOCK),
            _IO_TYPES[_IO[dtype]]]
-    params = " ".join(f"const real p{i} = P[{i} * C + ch]; (void)p{i};" for i in range(len(eq.param_names))) \
-        or "(void)ch;"
+    nparams = len(eq.param_names)
+    if eq.per_channel:  # each element's channel, once per block; parameters read per element
+        params_top = "(void)inner;"
+        params = " ".join(f"const real p{i} = P[{i} * C + chb[j]]; (void)p{i};" for i in range(nparams))
+        ch_decl = "int64_t chb[BLOCK];"
+        ch_fill = "for (int64_t j = 0; j < n; j++) chb[j] = ((b0 + j) / inner) % C;"
+    else:  # one value per parameter: read once
+        params_top = " ".join(f"const real p{i} = P[{i} * C]; (void)p{i};" for i in range(nparams)) + " (void)inner;"
+        params, ch_decl, ch_fill = "", "", ""
+    layout = dict(params_top=params_top, params=params, ch_decl=ch_decl, ch_fill=ch_fill)
     has_g = g is not None
     reset = "(s > 0 ? v_rest : h0)" if spec.hard_reset else "(h0 - s * v_th)"
     src.append(_FWD.format(
-        K=K, params=params,
+        K=K, **layout,
         load_u=" ".join(f"const real u{i} = ub[{i}][j];" for i in range(K)),
         charge=" ".join(f"const real h{i} = (real)({e});" for i, e in enumerate(c["new"])),
         fire=c["fire_h"],
@@ -492,10 +534,11 @@ def generate_source(spec: _Spec, dtype: torch.dtype) -> str:
     gs_new = f"gsn[j] = {dot(c['d_s'])};" if eq.uses_s else ""
     dp_fire = " ".join(f"dp{k}[j] += q * (real)({e});" for k, e in enumerate(c["dfire_p"]) if e != "0")
     dp_step = " ".join(f"dp{k}[j] += {dot([c['d_p'][m][k] for m in range(K)])};" for k in range(L))
-    gp_reduce = ("if (gp_out) { for (int64_t j = 0; j < n; j++) { const int64_t ch = ((b0 + j) / inner) % C; "
-                 + " ".join(f"gp_out[{k} * C + ch] += (double)dp{k}[j];" for k in range(L)) + " } }") if L else ""
+    ch = "chb[j]" if eq.per_channel else "0"
+    gp_reduce = ("if (gp_out) { for (int64_t j = 0; j < n; j++) { "
+                 + " ".join(f"gp_out[{k} * C + {ch}] += (double)dp{k}[j];" for k in range(L)) + " } }") if L else ""
     src.append(_BWD.format(
-        K=K, params=params,
+        K=K, **layout,
         dp_decl=" ".join(f"real dp{k}[BLOCK];" for k in range(L)),
         dp_zero=" ".join(f"dp{k}[j] = 0;" for k in range(L)),
         load_h=" ".join(f"const real h{i} = H[{i} * TN + o + j];" for i in range(K)),
