@@ -366,3 +366,25 @@ def test_derivation_is_cached_on_disk(tmp_path, monkeypatch):
     again = ms.multistate_from_step(ALIFNode.step, ("v", "a"), ("k", "rho", "beta"), learnable=("beta",),
                                     fire=ALIFNode.fire)
     assert again.c == first.c and again.c == ALIFNode._multistate.c
+
+
+def test_networks_give_per_channel_neurons_their_channels():
+    import functools
+
+    from sewforge.neurons import neuron_needs_channels
+    from sewforge.spec import build
+
+    assert neuron_needs_channels("ChannelLIF") and neuron_needs_channels(ChannelLIFNode)
+    assert neuron_needs_channels(functools.partial(create_neuron, "ChannelLIF", v_reset=None))
+    assert not neuron_needs_channels(functools.partial(create_neuron, "ChannelLIF", channels=3))
+    assert not neuron_needs_channels("PLIF") and not neuron_needs_channels(lambda: None)
+    block = sewforge.BLOCKS.get("SEWBottleneck")(8, 16, stride=2, neuron="ChannelLIF")
+    assert [tuple(m.k.shape) for m in (block.sn1, block.sn2, block.sn3, block.downsample_sn)] == [(4,), (4,), (16,),
+                                                                                                   (16,)]
+    net = build("c8k3s1-BN-ChannelLIF-{SEW Block (c16)-MPk2s2}*1-FC4-ChannelLIF", (2, 8, 8))
+    sizes = sorted({tuple(p.shape) for n, p in net.named_parameters() if n.endswith(".theta")})
+    assert sizes == [(4,), (8,), (16,)]
+    x = torch.rand(3, 2, 2, 8, 8)
+    out = net(x)
+    out.sum().backward()
+    assert out.shape == (2, 4) and all(p.grad is not None for n, p in net.named_parameters() if n.endswith(".k"))

@@ -63,8 +63,8 @@ def _static(cls: type, name: str) -> Any:
 
 
 def _per_channel_value(owner: str, name: str, value: Any, channels: int) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(value, dtype=torch.float32).detach().clone().reshape(-1)
+    try:  # checked on the CPU, then placed where tensors are made now (the meta device while a network is sized)
+        t = torch.as_tensor(value, dtype=torch.float32, device="cpu").detach().clone().reshape(-1)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"{owner}: {name} must be a number or {channels} numbers (one per channel), got "
                          f"{value!r}") from None
@@ -74,7 +74,7 @@ def _per_channel_value(owner: str, name: str, value: Any, channels: int) -> torc
         raise ValueError(f"{owner}: {name} has {t.numel()} values but channels={channels}")
     if not torch.isfinite(t).all():
         raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
-    return t
+    return torch.empty(channels).copy_(t)
 
 __all__ = ["Param", "StepNeuron", "StepFunctionError"]
 
@@ -101,6 +101,8 @@ class StepNeuron(BaseNeuron):
     initial: ClassVar[Dict[str, float]] = {}
     _charge: ClassVar[Optional[ChargeEquation]]
     _multistate: ClassVar[Optional[MultiStateEquation]] = None
+    #: whether the constructor needs ``channels=C`` (some parameter is per-channel)
+    needs_channels: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw: Any):
         super().__init_subclass__(**kw)
@@ -125,6 +127,7 @@ class StepNeuron(BaseNeuron):
                                     f"('v', 'a')), got {states!r}")
         learn = [n for n in names if specs[n].learnable]
         per_channel = [n for n in names if specs[n].per_channel]
+        cls.needs_channels = bool(per_channel)
         try:
             n_args = len(inspect.signature(step).parameters)
         except (TypeError, ValueError):
