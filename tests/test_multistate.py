@@ -303,6 +303,20 @@ def test_states_must_match_the_step_arguments():
         _define(states=("v", "a"), step=staticmethod(step))
 
 
+def test_state_names_must_not_shadow_x_s_p():
+    def step(v, s, x, p):
+        return v + x, s
+
+    with pytest.raises(StepFunctionError, match=r"state name \['s'\] taken: x is the input, s the previous spike"):
+        _define(states=("v", "s"), step=staticmethod(step))
+
+
+def test_izhikevich_fires_for_inputs_of_order_one():
+    for b in BACKENDS:
+        assert IzhikevichNode(backend=b)(torch.full((20, 1), 0.5)).sum().item() >= 1
+        assert IzhikevichNode(backend=b)(torch.full((20, 1), 0.1)).sum().item() == 0  # settles below threshold
+
+
 def test_fire_reading_unknown_names():
     def step(v, a, x, p):
         return v + x, a

@@ -30,6 +30,10 @@ reads the parameter of each element's channel in any dense layout (channels_last
 gradient of a per-channel parameter is summed per channel.
 
 The same algorithm runs in Triton (:mod:`sewforge.kernels.multistate_triton`) on the Triton backend.
+Both run as ``torch.autograd.Function`` s, not as ``torch.library`` custom ops: ``torch.compile``
+works but breaks the graph at each such neuron. The forward keeps the charged states
+(``num_states`` values per element and step, in the compute dtype), and the input only when a
+derivative reads it.
 """
 from __future__ import annotations
 
@@ -160,6 +164,10 @@ def multistate_from_step(step: Callable, states: Sequence[str] = ("v",), params:
             len(set(states)) != len(states):
         raise StepFunctionError(f"{_d._describe(step)}: states must be distinct identifiers, the potential first "
                                 f"(e.g. ('v', 'a')), got {states!r}")
+    taken = [n for n in states if n in ("x", "s", "p", "v_rest")]
+    if taken:
+        raise StepFunctionError(f"{_d._describe(step)}: state name{'s' if len(taken) > 1 else ''} {taken} taken: x is "
+                                "the input, s the previous spike, p the parameters")
     for pname in params:
         if not isinstance(pname, str) or not pname.isidentifier() or pname in _d._RESERVED or pname.startswith("_"):
             raise StepFunctionError(f"{_d._describe(step)}: parameter name {pname!r} is not allowed (an identifier "
