@@ -154,6 +154,24 @@ def test_single_state_with_previous_spike_and_constant_states(cls):
                                  grad_out=torch.randn(x.shape, generator=gen))
 
 
+@pytest.mark.parametrize("backend", fused_backends("cpu"))
+def test_torch_compile_captures_the_neuron_whole(backend):
+    torch._dynamo.reset()
+    n = ChannelLIFNode(channels=3, backend=backend)
+    x = torch.randn(4, 2, 3, 5, generator=torch.Generator().manual_seed(2)) * 1.5 + 0.3
+    explained = torch._dynamo.explain(n)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    xc, xe = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = torch.compile(n, fullgraph=True, backend="aot_eager")(xc)
+    out.sum().backward()
+    grads = [p.grad.clone() for p in n.parameters()]
+    n.zero_grad()
+    want = n(xe)
+    want.sum().backward()
+    assert torch.equal(out, want) and torch.equal(xc.grad, xe.grad)
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads, n.parameters()))
+
+
 # ---- per-channel parameters ---------------------------------------------------------------------------
 def _channel_oracle(k, theta, x, go, **kw):
     """Per-channel gradients from one scalar LTLIF run per channel (its own, single-state kernels)."""

@@ -30,8 +30,8 @@ reads the parameter of each element's channel in any dense layout (channels_last
 gradient of a per-channel parameter is summed per channel.
 
 The same algorithm runs in Triton (:mod:`sewforge.kernels.multistate_triton`) on the Triton backend.
-Both run as ``torch.autograd.Function`` s, not as ``torch.library`` custom ops: ``torch.compile``
-works but breaks the graph at each such neuron. The forward keeps the charged states
+Both run as the ``torch.library`` custom ops ``sewforge::multistate_forward`` / ``multistate_backward``
+(one node per neuron for ``torch.compile``, no graph break). The forward keeps the charged states
 (``num_states`` values per element and step, in the compute dtype), and the input only when a
 derivative reads it.
 """
@@ -634,96 +634,101 @@ def _channels(x: torch.Tensor, eq: MultiStateEquation) -> Tuple[int, int]:
     return x.shape[2], max(x[0].stride(1), 1) if x.shape[0] > 0 else 1
 
 
-class _FusedC(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, shortcut, P, spec, lib, s0, sp0, alpha, v_threshold, v_reset, need_state, count):  # type: ignore[override]
-        from .cpu import _run_chunks
-
-        eq = spec.eq
-        K = eq.num_states
-        cd = compute_dtype(x.dtype)
-        T = x.shape[0]
-        n = x[0].numel() if T > 0 else 0
-        v_rest = 0.0 if v_reset is None else float(v_reset)
-        needs_grad = any(ctx.needs_input_grad[:3])
-        out = new_output(x, x.dtype)
-        H = torch.empty(K * T * n if needs_grad else 0, dtype=cd)
-        C, inner = _channels(x, eq)
-        if s0 is None:
-            s0 = [torch.full(x.shape[1:], v_rest if i == 0 else eq.initial[i], dtype=cd) for i in range(K)]
-        s0 = [as_time_dense(t.to(cd), like=x[0]) if T > 0 else t.to(cd) for t in s0]
-        sp0 = as_time_dense(sp0.to(cd), like=x[0]) if sp0 is not None and T > 0 else sp0
-        sout = [new_output(x[0], cd) for _ in range(K)] if need_state and T > 0 else None
-        spout = new_output(x[0], cd) if need_state and T > 0 else None
-        total = 0.0
-        if T > 0 and n > 0:
-            Pc = P.detach().to(cd).contiguous()
-            s0p, soutp = _ptrs(s0), (_ptrs(sout) if sout is not None else None)
-            parts = _run_chunks(lib.fwd, n, torch.get_num_threads(), lambda a, b, slot: (
-                _ptr(x), _ptr(shortcut), _ptr(out), _ptr(H) if needs_grad else None, _ptr(Pc), s0p, _ptr(sp0),
-                soutp, _ptr(spout), a, b, n, T, C, inner, float(v_threshold), v_rest, slot))
-            total = sum(part[0] for part in parts)
+# ---- the launchers (C and Triton), one contract -----------------------------------------------------
+# ``x`` [T, ...] time-dense; ``shortcut``, ``go`` of x's layout; ``P`` [num_params, C] in the compute
+# dtype; ``S`` [K + 1, ...] the initial states and the previous spike, each row laid out like x[0]
+# (strides ``(n, *x[0].stride())``). ``H`` is flat: K * T * n charged values in x's memory order.
+def _launch_forward(impl: str, x, shortcut, P, S, spec: "_Spec", v_threshold: float, v_reset: Optional[float],
+                    save_h: bool, need_state: bool, count: bool):
+    """``(out, H, count, state)``; ``state`` is [K + 1, ...] like ``S`` (or empty)."""
+    eq = spec.eq
+    K = eq.num_states
+    cd = compute_dtype(x.dtype)
+    T = x.shape[0]
+    n = x[0].numel() if T > 0 else 0
+    dev = x.device
+    v_rest = 0.0 if v_reset is None else float(v_reset)
+    out = new_output(x, x.dtype if spec.g is None else torch.promote_types(x.dtype, shortcut.dtype))
+    H = torch.empty(K * T * n if save_h else 0, dtype=cd, device=dev)
+    C, inner = _channels(x, eq)
+    state = torch.empty_strided(S.shape, S.stride(), dtype=cd, device=dev) if need_state else S.new_empty((0,))
+    counted = torch.zeros(1 if count else 0, dtype=torch.float64, device=dev)
+    if T == 0 or n == 0:
         if need_state:
-            state = tuple(sout) + (spout,) if sout is not None else tuple(s0) + (
-                sp0 if sp0 is not None else torch.zeros(x.shape[1:], dtype=cd),)
-        else:
-            state = ()
-        ctx.spec, ctx.lib, ctx.alpha, ctx.v_threshold, ctx.v_rest = spec, lib, alpha, v_threshold, v_rest
-        ctx.x_dtype, ctx.out_dtype = x.dtype, out.dtype
-        ctx.sc_dtype = shortcut.dtype if shortcut is not None else None
-        ctx.C, ctx.inner, ctx.layout = C, inner, (out.shape, out.stride())
-        if needs_grad:
-            keep_x = x if eq.needs_input_in_backward else None
-            keep_sc = shortcut if spec.g is not None and spec.g.backward_reads_s else None
-            ctx.save_for_backward(keep_x, H, keep_sc, P, sp0, *s0)
-        counted = torch.tensor([total], dtype=torch.float64) if count else x.new_empty((0,), dtype=torch.float64)
-        outs = (out, counted) + tuple(state)
-        ctx.mark_non_differentiable(*outs[1:])
-        ctx.shape = x.shape
-        return outs
-
-    @staticmethod
-    def backward(ctx, grad_out, *_rest):  # type: ignore[override]
+            state.copy_(S)
+        return out, H, counted, state
+    if impl == "cpu":
         from .cpu import _run_chunks
 
-        x, H, sc, P, sp0, *s0 = ctx.saved_tensors
-        spec = ctx.spec
-        eq = spec.eq
-        L = len(eq.learnable_names)
-        shape = ctx.shape
-        T = shape[0]
-        n = H.numel() // (eq.num_states * T) if T > 0 and H.numel() else 0
-        lshape, lstride = ctx.layout
-        if grad_out is None:
-            grad_out = torch.zeros(shape, dtype=ctx.out_dtype)
-        go = _with_layout(grad_out.to(ctx.out_dtype), lshape, lstride)
-        need_gx, need_gsc, need_gp = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        need_gsc = need_gsc and spec.g is not None
-        gx = _alloc(lshape, lstride, ctx.x_dtype, go.device) if need_gx else None
-        gsc = _alloc(lshape, lstride, ctx.sc_dtype, go.device) if need_gsc else None
-        C = ctx.C
-        gp_table = torch.zeros(L, C, dtype=torch.float64)
-        if T > 0 and n > 0:
-            Pc = P.detach().to(H.dtype).contiguous()
-            s0p = _ptrs(s0)
-            parts = _run_chunks(ctx.lib.bwd, n, torch.get_num_threads(), lambda a, b, slot: (
-                _ptr(go), _ptr(x), _ptr(H), _ptr(sc), _ptr(Pc), s0p, _ptr(sp0), _ptr(gx), _ptr(gsc), a, b, n, T, C,
-                ctx.inner, float(ctx.v_threshold), ctx.v_rest, float(ctx.alpha), slot if (need_gp and L) else None),
-                width=max(1, L * C))
-            if need_gp and L:
-                gp_table = torch.tensor([sum(part[i] for part in parts) for i in range(L * C)],
-                                        dtype=torch.float64).reshape(L, C)
-        else:
-            for t in (gx, gsc):
-                if t is not None:
-                    t.zero_()
-        gp = None
-        if need_gp:
-            gp = torch.zeros_like(P)
-            idx = {nm: i for i, nm in enumerate(eq.param_names)}
-            for k, nm in enumerate(eq.learnable_names):
-                gp[idx[nm]] = gp_table[k].to(gp.dtype)
-        return gx, gsc, gp, None, None, None, None, None, None, None, None, None
+        lib = _library(spec, x.dtype)
+        s0p = _ptrs([S[i] for i in range(K)])
+        soutp = _ptrs([state[i] for i in range(K)]) if need_state else None
+        parts = _run_chunks(lib.fwd, n, torch.get_num_threads(), lambda a, b, slot: (
+            _ptr(x), _ptr(shortcut), _ptr(out), _ptr(H) if save_h else None, _ptr(P), s0p, _ptr(S[K]), soutp,
+            _ptr(state[K]) if need_state else None, a, b, n, T, C, inner, float(v_threshold), v_rest, slot))
+        if count:
+            counted.fill_(sum(part[0] for part in parts))
+    else:
+        from . import multistate_triton as mt
+
+        flat = torch.as_strided(S, (K + 1, n), (n, 1))
+        sflat = torch.as_strided(state, (K + 1, n), (n, 1)) if need_state else flat
+        args, constants = mt.forward_args(spec, x, shortcut, out, H if save_h else None, P, flat, flat[K], sflat,
+                                          sflat[K], counted if count else None, n, T, C, inner, v_threshold,
+                                          v_rest, save_h=save_h, store=need_state, count=count)
+        mt.forward_launch(spec, n, args, constants)
+    return out, H, counted, state
+
+
+def _launch_backward(impl: str, go, x, H, sc, P, S, spec: "_Spec", v_threshold: float, v_reset: Optional[float],
+                     alpha: float, need_gx: bool, need_gsc: bool, need_gp: bool, x_dtype: torch.dtype,
+                     sc_dtype: Optional[torch.dtype]):
+    """``(grad_x, grad_shortcut, grad_P)``; gradients not asked for are None."""
+    eq = spec.eq
+    K, L = eq.num_states, len(eq.learnable_names)
+    T = go.shape[0]
+    n = go[0].numel() if T > 0 else 0
+    v_rest = 0.0 if v_reset is None else float(v_reset)
+    need_gsc = need_gsc and spec.g is not None
+    gx = new_output(go, x_dtype) if need_gx else None
+    gsc = new_output(go, sc_dtype) if need_gsc else None
+    C, inner = _channels(go, eq)
+    table = torch.zeros(L, C, dtype=torch.float64, device=go.device)
+    if T == 0 or n == 0:
+        for t in (gx, gsc):
+            if t is not None:
+                t.zero_()
+    elif impl == "cpu":
+        from .cpu import _run_chunks
+
+        lib = _library(spec, x_dtype)
+        s0p = _ptrs([S[i] for i in range(K)])
+        parts = _run_chunks(lib.bwd, n, torch.get_num_threads(), lambda a, b, slot: (
+            _ptr(go), _ptr(x), _ptr(H), _ptr(sc), _ptr(P), s0p, _ptr(S[K]), _ptr(gx), _ptr(gsc), a, b, n, T, C,
+            inner, float(v_threshold), v_rest, float(alpha), slot if (need_gp and L) else None),
+            width=max(1, L * C))
+        if need_gp and L:
+            table = torch.tensor([sum(part[i] for part in parts) for i in range(L * C)],
+                                 dtype=torch.float64).reshape(L, C)
+    else:
+        from . import multistate_triton as mt
+
+        gpe = torch.empty(L * n, dtype=H.dtype, device=H.device) if need_gp and L else None
+        if gx is not None or gsc is not None or gpe is not None:
+            flat = torch.as_strided(S, (K + 1, n), (n, 1))
+            args, constants = mt.backward_args(spec, go, x, H, sc, P, flat, flat[K], gx, gsc, gpe, n, T, C, inner,
+                                               v_threshold, v_rest, alpha, H.dtype)
+            mt.backward_launch(spec, n, args, constants)
+        if gpe is not None:
+            ch = (torch.arange(n, device=H.device) // inner) % C
+            table.index_add_(1, ch, gpe.view(L, n).double())
+    gp = None
+    if need_gp:
+        gp = torch.zeros_like(P)
+        idx = {nm: i for i, nm in enumerate(eq.param_names)}
+        for k, nm in enumerate(eq.learnable_names):
+            gp[idx[nm]] = table[k].to(gp.dtype)
+    return gx, gsc, gp
 
 
 def _with_layout(t: torch.Tensor, shape: torch.Size, stride: Tuple[int, ...]) -> torch.Tensor:
@@ -735,9 +740,113 @@ def _with_layout(t: torch.Tensor, shape: torch.Size, stride: Tuple[int, ...]) ->
     return out
 
 
-def _alloc(shape: torch.Size, stride: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A kernel output with the forward's layout (pre-filled under ``fill_outputs_with``)."""
-    return new_output(torch.empty_strided(shape, stride, dtype=dtype, device=device), dtype)
+# ---- the custom ops: one node per neuron for torch.compile --------------------------------------------
+_SPECS: Dict[_Spec, str] = {}
+_BY_KEY: Dict[str, _Spec] = {}
+
+
+@torch._dynamo.assume_constant_result
+def _resolve(eq: MultiStateEquation, surrogate: type, g: Any, hard_reset: bool, detach_reset: bool,
+             dtype: torch.dtype, impl: str) -> Tuple[str, str]:
+    """``(spec key, implementation)``: ``"cpu"`` (the compiled C kernel), ``"triton"`` or ``"torch"``
+    (the reference: that backend, or no C compiler). A constant for ``torch.compile`` (it may compile
+    the C kernel)."""
+    spec = _Spec(eq, surrogate, g, bool(hard_reset), bool(detach_reset))
+    key = _spec_key(spec)
+    if impl == "cpu":
+        return key, "cpu" if _library(spec, dtype) is not None else "torch"
+    if impl == "triton" and surrogate.triton_derivative is not None and (g is None or g.triton_fn is not None):
+        return key, "triton"
+    return key, "torch"
+
+
+def _spec_key(spec: _Spec) -> str:
+    key = _SPECS.get(spec)
+    if key is None:
+        g = f" g={spec.g.name}" if spec.g is not None else ""
+        key = (f"{len(_SPECS)}:{spec.eq.name} {spec.surrogate.__name__} "
+               f"{'hard' if spec.hard_reset else 'soft'} detach={spec.detach_reset}{g}")
+        _SPECS[spec] = key
+        _BY_KEY[key] = spec
+    return key
+
+
+_E = (0,)
+
+
+@torch.library.custom_op("sewforge::multistate_forward", mutates_args=())
+def multistate_forward(x: torch.Tensor, shortcut: Optional[torch.Tensor], P: torch.Tensor, S: torch.Tensor, spec: str,
+                       impl: str, v_threshold: float, v_reset: Optional[float], alpha: float, save_h: bool,
+                       need_state: bool, count: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, H, spike_count, state)`` of a multi-state neuron; ``alpha`` is recorded for the backward."""
+    return _launch_forward(impl, x, shortcut, P, S, _BY_KEY[spec], v_threshold, v_reset, save_h, need_state, count)
+
+
+@multistate_forward.register_fake
+def _(x, shortcut, P, S, spec, impl, v_threshold, v_reset, alpha, save_h, need_state, count):
+    s = _BY_KEY[spec]
+    cd = compute_dtype(x.dtype)
+    out = torch.empty_like(x, dtype=x.dtype if s.g is None else torch.promote_types(x.dtype, shortcut.dtype))
+    n = x[0].numel() if x.shape[0] > 0 else 0
+    H = x.new_empty((s.eq.num_states * x.shape[0] * n if save_h else 0,), dtype=cd)
+    counted = x.new_empty((1 if count else 0,), dtype=torch.float64)
+    state = torch.empty_strided(S.shape, S.stride(), dtype=cd, device=x.device) if need_state else S.new_empty(_E)
+    return out, H, counted, state
+
+
+@torch.library.custom_op("sewforge::multistate_backward", mutates_args=())
+def multistate_backward(go: torch.Tensor, x: Optional[torch.Tensor], H: torch.Tensor, sc: Optional[torch.Tensor],
+                        P: torch.Tensor, S: torch.Tensor, spec: str, impl: str, v_threshold: float,
+                        v_reset: Optional[float], alpha: float, need_gx: bool, need_gsc: bool, need_gp: bool,
+                        x_dtype: torch.dtype, sc_dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(grad_x, grad_shortcut, grad_P)``; gradients not asked for are empty tensors."""
+    gx, gsc, gp = _launch_backward(impl, go, x, H, sc, P, S, _BY_KEY[spec], v_threshold, v_reset, alpha, need_gx,
+                                   need_gsc, need_gp, x_dtype, sc_dtype)
+    return (gx if gx is not None else go.new_empty(_E, dtype=x_dtype),
+            gsc if gsc is not None else go.new_empty(_E, dtype=sc_dtype),
+            gp if gp is not None else P.new_empty(_E))
+
+
+@multistate_backward.register_fake
+def _(go, x, H, sc, P, S, spec, impl, v_threshold, v_reset, alpha, need_gx, need_gsc, need_gp, x_dtype, sc_dtype):
+    has_g = _BY_KEY[spec].g is not None
+    gx = torch.empty_like(go, dtype=x_dtype) if need_gx else go.new_empty(_E, dtype=x_dtype)
+    gsc = torch.empty_like(go, dtype=sc_dtype) if need_gsc and has_g else go.new_empty(_E, dtype=sc_dtype)
+    gp = torch.empty_like(P) if need_gp else P.new_empty(_E)
+    return gx, gsc, gp
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, shortcut, P, S, spec, impl, v_threshold, v_reset, alpha, save_h, need_state, count = inputs
+    out, H, counted, state = output
+    ctx.mark_non_differentiable(H, counted, state)
+    ctx.set_materialize_grads(False)
+    s = _BY_KEY[spec]
+    keep_sc = s.g is not None and s.g.backward_reads_s
+    ctx.save_for_backward(x if s.eq.needs_input_in_backward else None, H, shortcut if keep_sc else None, P, S)
+    ctx.spec, ctx.impl, ctx.v_threshold, ctx.v_reset, ctx.alpha = spec, impl, v_threshold, v_reset, alpha
+    ctx.x_dtype, ctx.out_dtype = x.dtype, out.dtype
+    ctx.sc_dtype = shortcut.dtype if shortcut is not None else x.dtype
+    ctx.has_g = s.g is not None
+    ctx.layout = (out.shape, out.stride())
+
+
+def _backward(ctx, grad_out, _gh, _gc, _gs):
+    x, H, sc, P, S = ctx.saved_tensors
+    lshape, lstride = ctx.layout
+    if grad_out is None:
+        grad_out = torch.zeros(lshape, dtype=ctx.out_dtype, device=H.device)
+    if H.numel() == 0 and grad_out.numel() > 0:
+        raise RuntimeError("sewforge neuron: the forward ran without keeping its states (no input needed a gradient)")
+    go = _with_layout(grad_out.to(ctx.out_dtype), lshape, lstride)
+    need_gx, need_gsc, need_gp = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.has_g, ctx.needs_input_grad[2]
+    gx, gsc, gp = multistate_backward(go, x, H, sc, P, S, ctx.spec, ctx.impl, ctx.v_threshold, ctx.v_reset, ctx.alpha,
+                                      need_gx, need_gsc, need_gp, ctx.x_dtype, ctx.sc_dtype)
+    return ((gx if need_gx else None), (gsc if need_gsc else None), (gp if need_gp else None),
+            None, None, None, None, None, None, None, None, None)
+
+
+multistate_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_channels(owner: str, names: Sequence[str], C: int, x: torch.Tensor) -> None:
@@ -751,108 +860,6 @@ def check_channels(owner: str, names: Sequence[str], C: int, x: torch.Tensor) ->
     raise ValueError(f"{owner}: the per-channel {what} hold {C} values (channels={C}) but the input "
                      f"{tuple(x.shape)} has {x.shape[2]} channels (dimension 2 of [T, B, C, ...]); build the neuron "
                      f"with channels={x.shape[2]}")
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """A dense tensor's elements in memory order (a view)."""
-    return torch.as_strided(t, (t.numel(),), (1,))
-
-
-class _FusedTriton(torch.autograd.Function):
-    """The Triton kernels (GPU, or Triton's interpreter on CPU tensors): the C path's algorithm."""
-
-    @staticmethod
-    def forward(ctx, x, shortcut, P, spec, s0, sp0, alpha, v_threshold, v_reset, need_state, count):  # type: ignore[override]
-        from . import multistate_triton as mt
-
-        eq = spec.eq
-        K = eq.num_states
-        cd = compute_dtype(x.dtype)
-        T = x.shape[0]
-        n = x[0].numel() if T > 0 else 0
-        dev = x.device
-        v_rest = 0.0 if v_reset is None else float(v_reset)
-        needs_grad = any(ctx.needs_input_grad[:3])
-        out = new_output(x, x.dtype if spec.g is None else torch.promote_types(x.dtype, shortcut.dtype))
-        H = torch.empty(K * T * n if needs_grad else 1, dtype=cd, device=dev)
-        C, inner = _channels(x, eq)
-        if s0 is None:
-            S0 = torch.empty(K, max(n, 1), dtype=cd, device=dev)
-            for i in range(K):
-                S0[i].fill_(v_rest if i == 0 else eq.initial[i])
-        else:
-            S0 = torch.stack([_flat(as_time_dense(t.to(cd), like=x[0])) if T > 0 else t.to(cd).reshape(-1)
-                              for t in s0]) if n > 0 else torch.zeros(K, 1, dtype=cd, device=dev)
-        SP0 = _flat(as_time_dense(sp0.to(cd), like=x[0])).contiguous() if sp0 is not None and n > 0 else None
-        store = need_state and T > 0 and n > 0
-        SOUT = torch.empty(K, max(n, 1), dtype=cd, device=dev)
-        SPOUT = torch.empty(max(n, 1), dtype=cd, device=dev)
-        CNT = torch.zeros(1, dtype=torch.float64, device=dev)
-        Pc = P.detach().to(cd).contiguous()
-        if T > 0 and n > 0:
-            args, constants = mt.forward_args(spec, x, shortcut, out, H, Pc, S0, SP0, SOUT, SPOUT, CNT, n, T, C, inner,
-                                              v_threshold, v_rest, save_h=needs_grad, store=store, count=count)
-            mt.forward_launch(spec, n, args, constants)
-        state: Tuple[torch.Tensor, ...] = ()
-        if need_state:
-            like = x[0] if T > 0 else torch.empty(x.shape[1:], device=dev)
-            src, src_sp = (SOUT, SPOUT) if store else (S0, SP0 if SP0 is not None else torch.zeros(max(n, 1), dtype=cd,
-                                                                                                   device=dev))
-            state = tuple(torch.as_strided(src[i], like.shape, like.stride()).clone() if n > 0 else
-                          torch.empty(like.shape, dtype=cd, device=dev) for i in range(K)) + (
-                torch.as_strided(src_sp, like.shape, like.stride()).clone() if n > 0 else
-                torch.empty(like.shape, dtype=cd, device=dev),)
-        ctx.spec, ctx.alpha, ctx.v_threshold, ctx.v_rest = spec, alpha, v_threshold, v_rest
-        ctx.x_dtype, ctx.out_dtype = x.dtype, out.dtype
-        ctx.sc_dtype = shortcut.dtype if shortcut is not None else None
-        ctx.C, ctx.inner, ctx.shape, ctx.n = C, inner, x.shape, n
-        ctx.layout = (out.shape, out.stride())
-        if needs_grad:
-            keep_x = x if eq.needs_input_in_backward else None
-            keep_sc = shortcut if spec.g is not None and spec.g.backward_reads_s else None
-            ctx.save_for_backward(keep_x, H, keep_sc, Pc, S0, SP0)
-        counted = CNT if count else x.new_empty((0,), dtype=torch.float64)
-        outs = (out, counted) + state
-        ctx.mark_non_differentiable(*outs[1:])
-        return outs
-
-    @staticmethod
-    def backward(ctx, grad_out, *_rest):  # type: ignore[override]
-        from . import multistate_triton as mt
-
-        x, H, sc, P, S0, SP0 = ctx.saved_tensors
-        spec = ctx.spec
-        eq = spec.eq
-        L = len(eq.learnable_names)
-        T, n, C = ctx.shape[0], ctx.n, ctx.C
-        lshape, lstride = ctx.layout
-        if grad_out is None:
-            grad_out = torch.zeros(lshape, dtype=ctx.out_dtype, device=H.device)
-        go = _with_layout(grad_out.to(ctx.out_dtype), lshape, lstride)
-        need_gx, need_gsc, need_gp = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        need_gsc = need_gsc and spec.g is not None
-        gx = _alloc(lshape, lstride, ctx.x_dtype, H.device) if need_gx else None
-        gsc = _alloc(lshape, lstride, ctx.sc_dtype, H.device) if need_gsc else None
-        gpe = torch.empty(L * n, dtype=H.dtype, device=H.device) if need_gp and L and n > 0 else None
-        if T > 0 and n > 0 and (gx is not None or gsc is not None or gpe is not None):
-            args, constants = mt.backward_args(spec, go, x, H, sc, P, S0, SP0, gx, gsc, gpe, n, T, C, ctx.inner,
-                                               ctx.v_threshold, ctx.v_rest, ctx.alpha, H.dtype)
-            mt.backward_launch(spec, n, args, constants)
-        else:
-            for t in (gx, gsc):
-                if t is not None:
-                    t.zero_()
-        gp = None
-        if need_gp:
-            gp = torch.zeros_like(P)
-            if gpe is not None:
-                ch = (torch.arange(n, device=H.device) // ctx.inner) % C
-                table = torch.zeros(L, C, dtype=torch.float64, device=H.device)
-                table.index_add_(1, ch, gpe.view(L, n).double())
-                idx = {nm: i for i, nm in enumerate(eq.param_names)}
-                for k, nm in enumerate(eq.learnable_names):
-                    gp[idx[nm]] = table[k].to(gp.dtype)
-        return gx, gsc, gp, None, None, None, None, None, None, None, None
 
 
 # ---- dispatch -------------------------------------------------------------------------------------
@@ -887,16 +894,11 @@ def multistate_neuron(x: torch.Tensor, eq: MultiStateEquation, values: Dict[str,
         C = max((t.numel() for n, t in values.items() if n in eq.per_channel), default=0)
         check_channels(eq.name, eq.per_channel, C, x)
     impl = resolve_backend(x, backend)
-    lib = None
     if impl in ("cpu", "triton") and shortcut is not None and shortcut.dtype != x.dtype:
         common = torch.promote_types(x.dtype, shortcut.dtype)  # one I/O dtype: cast up (exact)
         x, shortcut = x.to(common), shortcut.to(common)
-    spec = _Spec(eq, type(sg), g_fn, v_reset is not None, detach_reset)
-    if impl == "cpu":
-        lib = _library(spec, x.dtype)
-    fused_triton = impl == "triton" and sg.triton_derivative is not None and (g_fn is None or
-                                                                             g_fn.triton_fn is not None)
-    if lib is None and not fused_triton:  # the reference (backend torch, no C compiler)
+    key, how = _resolve(eq, type(sg), g_fn, v_reset is not None, detach_reset, x.dtype, impl)
+    if how == "torch":  # the reference (backend torch, no C compiler)
         out, state = multistate_reference(x, eq, values, sg, v_threshold, v_reset, detach_reset, state0=state0,
                                           shortcut=shortcut, g=g_fn)
         c = None
@@ -910,15 +912,33 @@ def multistate_neuron(x: torch.Tensor, eq: MultiStateEquation, values: Dict[str,
     x = as_time_dense(x)
     if shortcut is not None:
         shortcut = as_time_dense(shortcut, like=x)
+    cd = compute_dtype(x.dtype)
     C, _ = _channels(x, eq)
-    P = param_table(eq, values, C).to(compute_dtype(x.dtype))
-    s0 = list(state0[:-1]) if state0 is not None else None
-    sp0 = state0[-1] if state0 is not None else None
-    if fused_triton:
-        res = _FusedTriton.apply(x, shortcut, P, spec, s0, sp0, float(sg.alpha), float(v_threshold), v_reset,
-                                 need_state, count)
-        return res[0], tuple(res[2:]), (res[1] if count else None)
-    res = _FusedC.apply(x, shortcut, P, spec, lib, s0, sp0, float(sg.alpha), float(v_threshold), v_reset, need_state,
-                       count)
-    out, counted, state = res[0], res[1], tuple(res[2:])
-    return out, state, (counted if count else None)
+    P = param_table(eq, values, C).to(device=x.device, dtype=cd)
+    S = _initial(x, eq, state0, v_reset)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or P.requires_grad or
+                                              (shortcut is not None and shortcut.requires_grad))
+    out, _, counted, state = multistate_forward(
+        x, shortcut, P, S, key, how, float(v_threshold),
+        None if v_reset is None else float(v_reset), float(sg.alpha), needs_grad, need_state, count)
+    return out, (tuple(state.unbind(0)) if need_state else ()), (counted if count else None)
+
+
+def _initial(x: torch.Tensor, eq: MultiStateEquation, state0: Optional[Tuple[torch.Tensor, ...]],
+             v_reset: Optional[float]) -> torch.Tensor:
+    """The initial states and previous spike as one [K + 1, ...] tensor, each row laid out like x[0]."""
+    K = eq.num_states
+    cd = compute_dtype(x.dtype)
+    step = x[0] if x.shape[0] > 0 else torch.empty(x.shape[1:], device=x.device)
+    n = step.numel()
+    S = torch.empty_strided((K + 1,) + tuple(x.shape[1:]), (max(n, 1),) + tuple(step.stride()), dtype=cd,
+                            device=x.device)
+    if state0 is None:
+        S[0].fill_(0.0 if v_reset is None else float(v_reset))
+        for i in range(1, K):
+            S[i].fill_(eq.initial[i])
+        S[K].zero_()
+    else:
+        for i, t in enumerate(state0):
+            S[i].copy_(t)
+    return S
