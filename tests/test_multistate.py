@@ -420,3 +420,25 @@ def test_networks_give_per_channel_neurons_their_channels():
     out = net(x)
     out.sum().backward()
     assert out.shape == (2, 4) and all(p.grad is not None for n, p in net.named_parameters() if n.endswith(".k"))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_custom_op_schema_fake_and_autograd_registration(channels_last):
+    from sewforge.kernels import multistate as ms
+    from sewforge.surrogates import create_surrogate
+
+    eq = ChannelLIFNode._multistate
+    key, how = ms._resolve(eq, type(create_surrogate("ATan")), None, False, True, torch.float32, "cpu")
+    assert how == "cpu"
+    x = torch.randn(3, 2, 4, 3, 3)
+    if channels_last:
+        x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    x.requires_grad_(True)
+    P = ms.param_table(eq, {"k": torch.full((4,), 0.5, requires_grad=True), "theta": torch.ones(4)}, 4)
+    S = ms._initial(x, eq, None, None)
+    for need_state in (False, True):
+        result = torch.library.opcheck(
+            torch.ops.sewforge.multistate_forward.default,
+            (x, None, P, S, key, how, 1.0, None, 2.0, True, need_state, True),
+            test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+        assert set(result.values()) == {"SUCCESS"}, result
