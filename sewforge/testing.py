@@ -10,7 +10,7 @@ interpreter (without it, only the fused CPU path is checked on CPU tensors).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -30,6 +30,50 @@ def fused_backends(device: Any = "cpu") -> Tuple[str, ...]:
     if torch.device(device).type == "cuda":
         return ("triton",) if HAS_TRITON else ()
     return ("cpu",) + (("triton",) if HAS_TRITON and interpreting() else ())
+
+
+def _compare_module(neuron: Any, x: torch.Tensor, *, shortcut: Optional[torch.Tensor], g: Any,
+                    grad_out: Optional[torch.Tensor], case: str, backend: str) -> None:
+    """A step-function neuron of several states or per-channel parameters: the module itself on
+    ``backend`` against the module on the reference (the author's step function under autograd)."""
+    case = (case or f"{type(neuron).__name__}{tuple(x.shape)} {x.dtype}") + f" [{backend}]"
+    saved = neuron.backend, neuron.stateful
+    results = []
+    try:
+        neuron.stateful = False
+        for b in ("torch", backend):
+            neuron.backend = b
+            neuron.zero_grad(set_to_none=True)
+            xb = x.detach().clone().requires_grad_(True)
+            sc = shortcut.detach().clone().requires_grad_(True) if shortcut is not None else None
+            with fill_outputs_with(float("nan")):
+                out = neuron(xb, shortcut=sc, g=g)
+                go = grad_out if grad_out is not None else torch.ones_like(out)
+                out.backward(go.to(out.dtype))
+            grads = {n: p.grad.detach().clone() for n, p in neuron.named_parameters() if p.grad is not None}
+            results.append((out.detach(), xb.grad, grads, sc.grad if sc is not None else None))
+    finally:
+        neuron.backend, neuron.stateful = saved
+        neuron.zero_grad(set_to_none=True)
+    (o_ref, gx_ref, gp_ref, gs_ref), (o_k, gx_k, gp_k, gs_k) = results
+    if o_k.dtype != o_ref.dtype or not torch.equal(o_k, o_ref):
+        bad = (o_k != o_ref).sum().item() if o_k.shape == o_ref.shape else "all"
+        raise AssertionError(f"{case}: kernel output differs from the reference in {bad} elements "
+                             f"(dtypes {o_k.dtype} / {o_ref.dtype})")
+    _close("dL/dX", gx_k, gx_ref, x.dtype, case)
+    if set(gp_k) != set(gp_ref):
+        raise AssertionError(f"{case}: gradients for parameters {sorted(gp_k)}, the reference has {sorted(gp_ref)}")
+    scale = max(1.0, gx_ref.double().abs().sum().item())
+    rtol, atol = TOLERANCES[x.dtype]
+    for name, want in gp_ref.items():
+        got = gp_k[name].double()
+        err = (got - want.double()).abs()
+        if (err > atol * scale + rtol * want.double().abs()).any():
+            i = int(torch.argmax(err))
+            raise AssertionError(f"{case}: gradient of parameter {name} {got.flatten()[i].item():.8g} differs from "
+                                 f"the reference {want.double().flatten()[i].item():.8g} (element {i})")
+    if gs_ref is not None:
+        _close("dL/dS (shortcut)", gs_k, gs_ref, shortcut.dtype, case)
 
 #: (rtol, atol) for gradients, per input dtype; spikes must match exactly in every dtype.
 TOLERANCES: Dict[torch.dtype, Tuple[float, float]] = {
@@ -76,6 +120,8 @@ def compare_to_reference(
         for b in fused_backends(x.device):
             compare_to_reference(neuron, x, shortcut=shortcut, g=g, grad_out=grad_out, case=case, backend=b)
         return
+    if getattr(neuron, "_multistate", None) is not None:
+        return _compare_module(neuron, x, shortcut=shortcut, g=g, grad_out=grad_out, case=case, backend=backend)
     charge = neuron.charge_equation()
     case = (case or f"{type(neuron).__name__}{tuple(x.shape)} {x.dtype}") + f" [{backend}]"
     results = []
@@ -151,8 +197,8 @@ def check_neuron(
     grid = itertools.product(gs, dtypes, (0.0, None, -0.25), (True, False))
     for i, (g, dtype, v_reset, detach) in enumerate(grid):
         sg = surrogates[(i + i // len(surrogates)) % len(surrogates)]
-        shape = shapes[i % len(shapes)]
         mod = make(v_reset=v_reset, detach_reset=detach, surrogate=sg)
+        shape = _fit_channels(shapes, getattr(mod, "channels", None))[i % len(shapes)]
         x = (torch.randn(shape, generator=gen) * 1.5 + 0.3).to(device=device, dtype=dtype)
         sc = (torch.rand(shape, generator=gen) > 0.5).to(device=device, dtype=dtype) if g is not None else None
         go = torch.randn(shape, generator=gen).to(device=device)
@@ -161,6 +207,17 @@ def check_neuron(
                                   f"surrogate={mod.surrogate!r}) g={g} x{tuple(shape)} {dtype}")
         n += 1
     return n
+
+
+def _fit_channels(shapes: Sequence[Tuple[int, ...]], channels: Optional[int]) -> List[Tuple[int, ...]]:
+    """For a neuron with per-channel parameters: each shape made ``[T, B, C, ...]`` with its C."""
+    if channels is None:
+        return list(shapes)
+    out = []
+    for shape in shapes:
+        shape = tuple(shape) + (1,) * max(0, 3 - len(shape))
+        out.append(shape[:2] + (channels,) + shape[3:])
+    return out
 
 
 def check_surrogate(surrogate: Any, *, device: Any = "cpu", points: int = 257, **kwargs: Any) -> None:

@@ -30,7 +30,10 @@ def test_kernel_equals_reference(device, case):
 
 @pytest.mark.parametrize("name", sewforge.list_neurons())
 def test_every_registered_neuron_conforms(device, name):
-    assert testing.check_neuron(name, device=device) > 0
+    factory = sewforge.NEURONS.get(name)
+    per_channel = any(getattr(p, "per_channel", False) for p in getattr(factory, "params", {}).values())
+    kw = {"channels": 3} if per_channel else {}  # inputs [T, B, C, ...] with C = 3
+    assert testing.check_neuron(name, device=device, **kw) > 0
 
 
 @pytest.mark.parametrize("name", sewforge.list_surrogates())

@@ -91,3 +91,63 @@ def test_kernels_compile_for_hopper_and_ampere_without_fused_multiply_add():
             assert seen["CD"] == {"fp32", "fp64"}, (arch, kernel)
             single = {name: values for name, values in seen.items() if name != "CD" and len(values) < 2}
             assert not single, (arch, kernel, single)
+
+
+MULTISTATE_SCRIPT = textwrap.dedent("""
+    import json, torch
+    import sewforge
+    from sewforge.elementwise import create_elementwise
+    from sewforge.kernels.multistate import _Spec
+    from sewforge.kernels.multistate_triton import compile_ahead_multistate
+    from sewforge.neurons import ALIFNode, CUBALIFNode, ChannelLIFNode, IzhikevichNode
+    from sewforge.surrogates import create_surrogate
+
+    f16, bf16, f32, f64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+    # (neuron, g, (hard, detach), dtype, flags): together every flag value of both kernels
+    flags = [
+        (ALIFNode, None, (True, True), f16, dict()),
+        (IzhikevichNode, "ADD", (False, False), bf16, dict(has_sp0=True, store=True, count=True)),
+        (CUBALIFNode, "AND", (True, False), f32, dict(need_gx=False, need_gsc=False)),
+        (ChannelLIFNode, "IAND", (False, True), f64, dict(need_gp=False, count=True)),
+        (ALIFNode, "AND", (True, True), f16, dict(training=False, store=True)),
+    ]
+    surrogates = sewforge.list_surrogates()
+    out = []
+    for arch in (90, 80):
+        for i in range(max(len(flags), len(surrogates))):
+            cls, g, (hard, detach), dtype, kw = flags[i % len(flags)]
+            sg = type(create_surrogate(surrogates[i % len(surrogates)]))
+            spec = _Spec(cls._multistate, sg, create_elementwise(g) if g else None, hard, detach)
+            k = compile_ahead_multistate(spec, dtype, arch=arch, **kw)
+            kernels = [k[p] for p in ("forward", "backward") if k[p] is not None]
+            ptx = "".join(c.asm["ptx"] for c in kernels)
+            const = {p: {n: (v if isinstance(v, bool) else str(v)) for n, v in (c or {}).items()
+                         if isinstance(v, bool) or n == "CD"} for p, c in k["constants"].items()}
+            out.append(dict(case=f"{cls.__name__} {sg.__name__} g={g} {dtype} {kw} sm_{arch}", arch=arch,
+                            constants=const, cubin=all(len(c.asm["cubin"]) > 0 for c in kernels),
+                            fma=("fma.rn.f32" in ptx) or ("fma.rn.f64" in ptx)))
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+def test_multistate_kernels_compile_for_hopper_and_ampere():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", MULTISTATE_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cases = json.loads(res.stdout.strip().splitlines()[-1])
+    for c in cases:
+        assert c["cubin"], c["case"]
+        assert not c["fma"], c["case"]  # the states round as the reference does
+    for arch in (90, 80):
+        mine = [c for c in cases if c["arch"] == arch]
+        for kernel in ("forward", "backward"):
+            seen = {}
+            for c in mine:
+                for name, value in (c["constants"][kernel] or {}).items():
+                    seen.setdefault(name, set()).add(value)
+            assert seen["CD"] == {"fp32", "fp64"}, (arch, kernel)
+            single = {name: values for name, values in seen.items() if name != "CD" and len(values) < 2}
+            assert not single, (arch, kernel, single)

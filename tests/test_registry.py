@@ -74,8 +74,8 @@ def test_unregister(reg):
 
 
 def test_core_registries_are_populated():
-    assert {"IF", "LIF", "PLIF"} <= set(sewforge.list_neurons())
-    assert sewforge.list_neurons("*IF") == ["IF", "LIF", "PLIF"]
+    assert {"IF", "LIF", "PLIF", "LTLIF", "ALIF", "CUBALIF", "ChannelLIF", "Izhikevich"} <= set(sewforge.list_neurons())
+    assert sewforge.list_neurons("*IF") == ["ALIF", "ChannelLIF", "CUBALIF", "IF", "LIF", "LTLIF", "PLIF"]
     assert {"ATan", "Sigmoid", "Rectangular", "PiecewiseQuadratic", "Constant", "ATanA5"} <= set(
         sewforge.list_surrogates())
     assert sewforge.list_elementwise() == ["ADD", "AND", "IAND", "RIAND"]
@@ -86,4 +86,4 @@ def test_list_command_prints_entries(capsys):
 
     assert main(["list", "neurons", "*LIF"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert names == ["LIF", "PLIF"]
+    assert names == ["ALIF", "ChannelLIF", "CUBALIF", "LIF", "LTLIF", "PLIF"]

@@ -197,8 +197,9 @@ def test_forward_input_checks():
     assert net.T is None and net.input_shape == (2, 16, 16) and net.num_classes == 5
 
 
-def test_layer_table_leaves_stateful_neurons_clean():
-    net = build("c4k3-BN-PLIF(stateful=True)-FC2", (2, 8, 8))
+@pytest.mark.parametrize("neuron", ["PLIF", "ALIF"])  # ALIF keeps a tuple of states
+def test_layer_table_leaves_stateful_neurons_clean(neuron):
+    net = build(f"c4k3-BN-{neuron}(stateful=True)-FC2", (2, 8, 8))
     assert len(net.layer_table()) == 4
     assert net.layers[2].v is None
     assert all(not p.is_meta for p in net.parameters())

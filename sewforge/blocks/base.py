@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Iterator, List, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from ..checks import positive_int
 from ..elementwise import ElementwiseFunction, create_elementwise
 from ..layers import seq_fold
 from ..memory import combined_bound, mark_spikes, recompute_chain, recomputes_bn_neuron, spike_kind
-from ..neurons import BaseNeuron, check_neuron_module, create_neuron
+from ..neurons import BaseNeuron, check_neuron_module, create_neuron, neuron_needs_channels
 from ..registry import ELEMENTWISE
 
 __all__ = ["ResidualBlock", "NeuronFactory", "neuron_factory", "conv_bn", "conv_bn_sn", "iter_blocks", "unfused",
@@ -36,7 +36,10 @@ def neuron_factory(neuron: Union[str, Callable[..., nn.Module], None] = "IF", *,
     if neuron is None:
         neuron = "IF"
     if isinstance(neuron, str):
-        create_neuron(neuron, **kw)  # fail now, with the registry's or the neuron's message, not mid-build
+        # fail now, with the registry's or the neuron's message, not mid-build (a per-channel neuron
+        # gets its channels from each layer)
+        probe = {"channels": 1} if neuron_needs_channels(functools.partial(create_neuron, neuron, **kw)) else {}
+        create_neuron(neuron, **probe, **kw)
         return functools.partial(create_neuron, neuron, **kw)
     if isinstance(neuron, nn.Module):  # callable too, but calling it runs forward() without input
         raise TypeError(f"{owner}: got a neuron module {type(neuron).__name__}; pass a factory that makes a "
@@ -130,8 +133,11 @@ class ResidualBlock(nn.Module):
         self.fuse = bool(fuse)
 
     # -- construction helpers -------------------------------------------------------------
-    def new_neuron(self) -> nn.Module:
-        return check_neuron_module(self._neuron_factory(), type(self).__name__)
+    def new_neuron(self, channels: Optional[int] = None) -> nn.Module:
+        """A fresh neuron for a layer of ``channels`` channels (passed on to neurons with
+        per-channel parameters)."""
+        kw = {"channels": channels} if channels is not None and neuron_needs_channels(self._neuron_factory) else {}
+        return check_neuron_module(self._neuron_factory(**kw), type(self).__name__)
 
     def conv(self, cin: int, cout: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
         return nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
@@ -144,7 +150,8 @@ class ResidualBlock(nn.Module):
         if self.join != "none" and self.has_downsample:
             self.downsample = nn.Sequential(self.conv(self.in_channels, self.out_channels, 1, self.stride),
                                             nn.BatchNorm2d(self.out_channels))
-        self.downsample_sn = self.new_neuron() if self.join == "sew" and self.downsample is not None else None
+        self.downsample_sn = (self.new_neuron(self.out_channels) if self.join == "sew" and self.downsample is not None
+                              else None)
         if self.zero_init:
             self.zero_init_()
 

@@ -25,10 +25,10 @@ class _TwoConvBlock(ResidualBlock):
         k = self.kernel_size
         self.conv1 = self.conv(self.in_channels, self.out_channels, k, self.stride)
         self.bn1 = nn.BatchNorm2d(self.out_channels)
-        self.sn1 = self.new_neuron()
+        self.sn1 = self.new_neuron(self.out_channels)
         self.conv2 = self.conv(self.out_channels, self.out_channels, k)
         self.bn2 = nn.BatchNorm2d(self.out_channels)
-        self.sn2 = self.new_neuron()
+        self.sn2 = self.new_neuron(self.out_channels)
         self._add_shortcut()
 
     def residual_input(self, x: torch.Tensor) -> torch.Tensor:

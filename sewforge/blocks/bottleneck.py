@@ -40,13 +40,13 @@ class _Bottleneck(ResidualBlock):
             raise ValueError(f"{owner}: width={self.width} must be divisible by groups={self.groups}")
         self.conv1 = self.conv(self.in_channels, self.width, 1)
         self.bn1 = nn.BatchNorm2d(self.width)
-        self.sn1 = self.new_neuron()
+        self.sn1 = self.new_neuron(self.width)
         self.conv2 = self.conv(self.width, self.width, self.kernel_size, self.stride, groups=self.groups)
         self.bn2 = nn.BatchNorm2d(self.width)
-        self.sn2 = self.new_neuron()
+        self.sn2 = self.new_neuron(self.width)
         self.conv3 = self.conv(self.width, self.out_channels, 1)
         self.bn3 = nn.BatchNorm2d(self.out_channels)
-        self.sn3 = self.new_neuron()
+        self.sn3 = self.new_neuron(self.out_channels)
         self._add_shortcut()
 
     def residual_input(self, x: torch.Tensor) -> torch.Tensor:

@@ -77,8 +77,7 @@ class PLIFNode(BaseNeuron):
                + super().extra_repr()
 
 
-# Not in the registry yet (the registry's listing is pinned to the paper's neurons); register it with
-# NEURONS.register("LTLIF")(LTLIFNode) to use it by name.
+# registered as "LTLIF" in sewforge.neurons.zoo
 class LTLIFNode(StepNeuron):
     """LIF with a learnable decay ``k = 1/tau`` and a learnable threshold ``theta``, one of each per
     layer. The potential is measured in units of the threshold, so the neuron fires at

@@ -10,7 +10,7 @@ from typing import Any, List, Sequence, Tuple
 from torch import nn
 
 from ..layers import FeaturePool, SeqFold, SharedDropout
-from ..neurons import create_neuron
+from ..neurons import create_neuron, neuron_needs_channels
 from ..registry import BLOCKS, NEURONS, SURROGATES
 from .errors import SpecError, close_matches, located
 from .graph import COMMON_NEURON_ARGS, GraphNode, Shape, unroll
@@ -127,7 +127,8 @@ def _lower_one(spec: Spec, node: Any, neuron: Any, shape: Shape, nxt: Any, *, fu
     if isinstance(node, Neuron):
         factory = NEURONS.get(node.name)
         try:
-            module = _neuron_factory(node.name, node.kwargs)()
+            make = _neuron_factory(node.name, node.kwargs)
+            module = make(**({"channels": shape[0]} if neuron_needs_channels(make) else {}))
         except (ValueError, TypeError) as exc:
             raise _bad_arguments(spec, node, f"neuron {node.name}", factory, [k for k, _ in node.kwargs], exc) from None
         return "neuron", module, shape
@@ -162,7 +163,8 @@ def _lower_one(spec: Spec, node: Any, neuron: Any, shape: Shape, nxt: Any, *, fu
             kwargs["kernel_size"] = node.kernel
         neuron_name, neuron_kwargs = neuron
         try:
-            _neuron_factory(neuron_name, neuron_kwargs)()  # fail here with the neuron's own message
+            make = _neuron_factory(neuron_name, neuron_kwargs)  # fail here with the neuron's own message
+            make(**({"channels": c} if neuron_needs_channels(make) else {}))
         except (ValueError, TypeError) as exc:
             raise _bad_arguments(spec, node, f"neuron {neuron_name}", NEURONS.get(neuron_name),
                                  [k for k, _ in neuron_kwargs], exc) from None

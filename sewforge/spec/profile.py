@@ -131,7 +131,9 @@ def profile_model(model: nn.Module, input_shape: Sequence[int],
         for m, v in saved_state:
             m.v = v
         for m in model.modules():  # a stateful neuron must not keep the meta state of the dry run
-            if isinstance(getattr(m, "v", None), torch.Tensor) and m.v.is_meta:
+            v = getattr(m, "v", None)
+            parts = v if isinstance(v, tuple) else (v,)  # several states: a tuple of tensors
+            if any(isinstance(t, torch.Tensor) and t.is_meta for t in parts):
                 m.v = None
     out_rows = []
     for i, (token, module) in enumerate(rows):
