@@ -80,6 +80,22 @@ def test_neuron_benchmark_rows_order_and_fields(tmp_path, capsys):
     assert "x floor" in capsys.readouterr().out
 
 
+def test_neuron_benchmark_runs_a_neuron_with_two_states_against_its_reference(tmp_path, capsys):
+    """Any registered neuron can be timed; for one with several states the fused path fires the
+    reference's spikes, no SpikingJelly row is invented and no one-state traffic floor is claimed."""
+    out = tmp_path / "neurons.json"
+    assert main(["neurons", "--neuron", "ALIF", "--device", "cpu", "--repeat", "2", "--warmup", "1", "--no-rss",
+                 "--shape", "4,2,96", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["impl"] for r in data["rows"]] == ["sewforge", "sewforge-ref"]
+    for r in data["rows"]:
+        assert r["spike_diff"] == 0 and r["ms"] > 0 and "floor_x" not in r
+    text = capsys.readouterr().out
+    assert "x floor: not given for ALIF" in text
+    if common.has_spikingjelly():
+        assert "no SpikingJelly counterpart for neuron 'ALIF'" in text
+
+
 def test_cpu_peak_rss_probe_sees_the_tensors_kept_for_backward():
     """A fresh process, one fwd+bwd of the reference on 8 MiB tensors: the measured peak above
     the baseline is at least what autograd keeps for backward, and not absurdly more."""

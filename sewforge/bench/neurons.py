@@ -36,11 +36,28 @@ COLUMNS = [("shape", "shape", ""), ("implementation", "implementation", ""), ("d
            ("peak_mib", "peak+ MiB", ".1f"), ("spike_diff", "spikes != ref", "")]
 
 
+def _bench_neurons() -> List[str]:
+    """Registered neurons this benchmark can build on any shape (per-channel ones need channels=)."""
+    from ..neurons import neuron_needs_channels
+    from ..registry import NEURONS
+
+    return [n for n in NEURONS.names() if not neuron_needs_channels(n)]
+
+
+def _traffic_modelled(neuron: str) -> bool:
+    """Whether :func:`traffic_bytes` describes ``neuron``'s kernels (one state, no previous spike)."""
+    from ..registry import NEURONS
+
+    return getattr(NEURONS.get(neuron), "_multistate", None) is None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default="float32",
                    help="float32, float16, bfloat16, or a comma-separated list (default float32)")
-    p.add_argument("--neuron", default="PLIF", choices=["PLIF", "LIF", "IF"], help="default PLIF (the paper's)")
+    p.add_argument("--neuron", default="PLIF", choices=_bench_neurons(),
+                   help="a registered neuron without per-channel parameters (default PLIF, the paper's); "
+                        "SpikingJelly rows exist for PLIF, LIF and IF")
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run, not for the record)")
     p.add_argument("--shape", action="append", default=None, metavar="T,N,...",
                    help="a shape to run instead of the defaults (repeatable), e.g. 16,64,16384")
@@ -168,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                                 memory_method=(common.CUDA_METHOD if device.type == "cuda" else
                                                ("not measured (--no-rss)" if args.no_rss else None)),
                                 notes=[])
-    if "spikingjelly" not in keys:
+    if "spikingjelly" not in keys and not common.has_spikingjelly():
         meta["notes"].append("spikingjelly not installed (pip install 'sewforge[bench]'): no SpikingJelly rows")
     print(f"device: {meta['device']}; neuron {args.neuron}; torch {torch.__version__}; "
           f"spikingjelly {meta['versions'].get('spikingjelly')}")
@@ -180,6 +197,12 @@ def run(args: argparse.Namespace) -> int:
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
         traffic, source = traffic_bytes(dtype)
+        if not _traffic_modelled(args.neuron):
+            traffic = None
+            note = (f"x floor: not given for {args.neuron}, whose kernels keep one value per state and step "
+                    "(the traffic model is that of one state)")
+            if note not in meta["notes"]:
+                meta["notes"].append(note)
         meta.setdefault("traffic_bytes", {})[dtype_name] = traffic
         meta["traffic_source"] = source
         impls = {}
@@ -198,9 +221,10 @@ def run(args: argparse.Namespace) -> int:
     print(common.table(rows, COLUMNS))
     if meta["memory_method"] is None:
         meta["memory_method"] = next((r["memory_method"] for r in rows if r.get("memory_method")), "-")
-    traffic_txt = ", ".join(f"{v} B {k}" for k, v in meta.get("traffic_bytes", {}).items())
-    print(f"\nms: median of {args.repeat} alternating runs; x floor: ms / (numel x {traffic_txt} per element "
-          f"and step [{meta.get('traffic_source')}] / copy bandwidth); saved B/elem: saved-tensor hooks; "
+    traffic_txt = ", ".join(f"{v} B {k}" for k, v in meta.get("traffic_bytes", {}).items() if v)
+    floor_txt = (f"x floor: ms / (numel x {traffic_txt} per element and step [{meta.get('traffic_source')}] / copy "
+                 "bandwidth); " if traffic_txt else "")
+    print(f"\nms: median of {args.repeat} alternating runs; {floor_txt}saved B/elem: saved-tensor hooks; "
           f"peak+ MiB: {meta['memory_method']}; spikes != ref: forward on the same input vs sewforge's reference.")
     for note in meta["notes"]:
         print(f"note: {note}")
@@ -244,7 +268,7 @@ def _run_shape(shape, dtype, dtype_name, impls, device, args, bandwidth, traffic
         rows[key]["ms"] = common.median_ms(t)
         rows[key]["ms_per_step"] = rows[key]["ms"] / shape[0]
         rows[key]["times_ms"] = [s * 1e3 for s in t]
-        if key.startswith("sewforge"):
+        if key.startswith("sewforge") and traffic:
             floor_s = numel * traffic / bandwidth
             rows[key]["floor_ms"] = floor_s * 1e3
             rows[key]["floor_x"] = rows[key]["ms"] / 1e3 / floor_s
