@@ -436,6 +436,8 @@ void fwd(const io_t* restrict X, const io_t* restrict SC, io_t* restrict OUT, re
 """
 
 _BWD = r"""
+static const real zero_block[BLOCK];  /* the previous spike before the first step, when none is given */
+
 void bwd(const io_t* restrict GO, const io_t* restrict X, const real* restrict H, const io_t* restrict SC,
          const real* restrict P, real* const* S0, const real* restrict SP0, io_t* restrict GX, io_t* restrict GSC,
          int64_t start, int64_t stop, int64_t N, int64_t T, int64_t C, int64_t inner, double v_th_,
@@ -451,6 +453,7 @@ void bwd(const io_t* restrict GO, const io_t* restrict X, const real* restrict H
     for (int64_t j = 0; j < n; j++) {{ for (int k = 0; k < {K}; k++) lam[k][j] = 0; gsn[j] = 0; {dp_zero} }}
     for (int64_t t = T - 1; t >= 0; t--) {{
       const int64_t o = t * N + b0;
+      {prev_setup}
       for (int64_t j = 0; j < n; j++) {{
         {params}
         {load_h}
@@ -526,12 +529,17 @@ def generate_source(spec: _Spec, dtype: torch.dtype) -> str:
     gammas = [f"const real g0 = lam[0][j] * {dr_dh} + q * (real)({c['dfire_h'][0]});"]
     gammas += [f"const real g{i} = lam[{i}][j] + q * (real)({c['dfire_h'][i]});" for i in range(1, K)]
     reset_prev = "(s_p > 0 ? v_rest : hp0)" if spec.hard_reset else "(hp0 - s_p * v_th)"
-    prev = (f"real {', '.join(f'u{i}' for i in range(K))}, sp; "
-            "if (t > 0) { " + " ".join(f"const real hp{i} = H[{i} * TN + o - N + j];" for i in range(K))
-            + f" const real s_p = (real)({c['fire_hp']}) >= v_th ? (real)1 : (real)0; u0 = {reset_prev}; "
-            + " ".join(f"u{i} = hp{i};" for i in range(1, K)) + " sp = s_p; } else { "
-            + " ".join(f"u{i} = S0[{i}][b0 + j];" for i in range(K))
-            + " sp = SP0 ? SP0[b0 + j] : (real)0; } (void)sp;")
+    # the states before step t: H of step t - 1 (reset), or the initial states at t = 0. The choice of
+    # source is made once per step, so that the loop over the block has no branch and vectorises
+    prev_setup = ("const int first = t == 0; "
+                  + " ".join(f"const real* restrict hpp{i} = first ? S0[{i}] + b0 : H + {i} * TN + (o - N);"
+                             for i in range(K))
+                  + " const real* restrict spp = (first && SP0) ? SP0 + b0 : zero_block;")
+    prev = (" ".join(f"const real hp{i} = hpp{i}[j];" for i in range(K))
+            + f" const real s_f = (real)({c['fire_hp']}) >= v_th ? (real)1 : (real)0;"
+            + " const real s_p = first ? spp[j] : s_f;"
+            + f" const real u0 = first ? hp0 : {reset_prev}; "
+            + " ".join(f"const real u{i} = hp{i};" for i in range(1, K)) + " const real sp = s_p; (void)sp;")
 
     def dot(col: List[str]) -> str:
         terms = [f"g{m} * (real)({e})" for m, e in enumerate(col) if e != "0"]
@@ -551,7 +559,7 @@ def generate_source(spec: _Spec, dtype: torch.dtype) -> str:
         dp_zero=" ".join(f"dp{k}[j] = 0;" for k in range(L)),
         load_h=" ".join(f"const real h{i} = H[{i} * TN + o + j];" for i in range(K)),
         fire=c["fire_h"], sg=_sub_x(spec.surrogate.c_derivative, "(f - v_th)"), g_stmt=g_stmt, reset_s=reset_s,
-        gammas=" ".join(gammas), dp_fire=dp_fire if L else "", prev=prev,
+        gammas=" ".join(gammas), dp_fire=dp_fire if L else "", prev=prev, prev_setup=prev_setup,
         load_x="LD(X[o + j])" if eq.needs_input_in_backward else "(real)0",
         lam_new=lam_new, gs_new=gs_new, gx=dot(c["d_x"]), dp_step=dp_step, gp_reduce=gp_reduce))
     return "\n".join(src)
