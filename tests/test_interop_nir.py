@@ -97,3 +97,120 @@ def test_cli_export_of_a_zoo_model(tmp_path, capsys):
     assert "NIR nodes" in capsys.readouterr().out
     graph = nir.read(dst)
     assert graph.metadata["producer"] == "sewforge" and "layers.3.and" in graph.nodes
+
+
+# -- the step-function neurons: LTLIF, ChannelLIF (NIR LIF) and CUBALIF (NIR CubaLIF) ---------------
+def _step_neuron_net(neuron: str, first: dict, seed: int = 0) -> nn.Module:
+    """``c8k3s1-BN-<neuron>-{SEW Block (c8)}*1-MPk2s2-FC4`` on 2x16x16, T=4, random BN and random
+    learnable neuron parameters (per channel where the neuron has them), except the first neuron's,
+    set to ``first``: powers of two, so that the exported time constants can be checked exactly."""
+    model = create_model(f"c8k3s1-BN-{neuron}-{{SEW Block (c8)}}*1-MPk2s2-FC4", input_shape=(2, 16, 16), T=4)
+    model = _randomize(model, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # larger inputs: every neuron fires within T = 4
+                m.weight.mul_(4.0)
+            for n, (lo, hi) in {"k": (0.1, 0.9), "theta": (0.5, 2.0), "syn": (0.1, 0.9)}.items():
+                p = getattr(m, n, None)
+                if isinstance(p, nn.Parameter):
+                    p.copy_(lo + (hi - lo) * torch.rand(p.shape, generator=gen, dtype=p.dtype))
+        for n, v in first.items():
+            getattr(model.layers[2], n).copy_(torch.as_tensor(v, dtype=torch.float64))
+    return model
+
+
+def _spikes_vary(model: nn.Module, x: torch.Tensor) -> None:
+    """Every neuron fires somewhere and is silent somewhere (else equal spikes would prove little)."""
+    rates = {}
+    hooks = [m.register_forward_hook(lambda m, a, out, n=n: rates.__setitem__(n, out.mean().item()))
+             for n, m in model.named_modules() if isinstance(m, BaseNeuron)]
+    with torch.no_grad(), unfused(model):
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert rates and all(0 < r < 1 for r in rates.values()), rates
+
+
+_THETA = np.nextafter(1.0, 0.0)
+
+
+def test_channel_lif_round_trip(tmp_path):
+    k, theta = [0.5, 0.25, 0.125, 1.0] * 2, [2.0, 0.5, 0.25, 4.0] * 2
+    model = _step_neuron_net("ChannelLIF", {"k": k, "theta": theta})
+    x = torch.bernoulli(torch.full((4, 2, 2, 16, 16), 0.3, dtype=torch.float64))
+    _spikes_vary(model, x)
+    nodes = _check(model, x, tmp_path, 10)
+    lif = nodes["layers.2"]
+    assert type(lif).__name__ == "LIF" and lif.tau.shape == lif.r.shape == (8, 16, 16)
+    for c in range(8):  # tau = 1/k, r = 1/theta per channel, over every position of the channel
+        assert (lif.tau[c] == [2.0, 4.0, 8.0, 1.0][c % 4]).all() and (lif.r[c] == [0.5, 2.0, 4.0, 0.25][c % 4]).all()
+    assert (lif.v_threshold == _THETA).all() and (lif.v_leak == 0).all() and (lif.v_reset == 0).all()
+    sn = model.layers[3].sn1  # a random one, per channel
+    want = 1.0 / sn.k.detach().numpy()
+    np.testing.assert_allclose(nodes["layers.3.sn1"].tau[:, 3, 5], want, rtol=1e-15)
+    np.testing.assert_allclose(nodes["layers.3.sn1"].r[:, 0, 0], 1.0 / sn.theta.detach().numpy(), rtol=1e-15)
+
+
+def test_ltlif_round_trip(tmp_path):
+    model = _step_neuron_net("LTLIF", {"k": 0.25, "theta": 0.5}, seed=1)
+    x = torch.bernoulli(torch.full((4, 2, 2, 16, 16), 0.3, dtype=torch.float64))
+    _spikes_vary(model, x)
+    nodes = _check(model, x, tmp_path, 10)
+    lif = nodes["layers.2"]
+    assert type(lif).__name__ == "LIF" and (lif.tau == 4.0).all() and (lif.r == 2.0).all()
+    assert (lif.v_threshold == _THETA).all()
+    sn = model.layers[3].sn2
+    assert nodes["layers.3.sn2"].tau.flat[0] == pytest.approx(1.0 / sn.k.item(), rel=1e-15)
+    assert nodes["layers.3.sn2"].r.flat[0] == pytest.approx(1.0 / sn.theta.item(), rel=1e-15)
+
+
+def test_cubalif_round_trip(tmp_path):
+    model = _step_neuron_net("CUBALIF(k=0.25,v_reset=-0.25)", {"syn": 0.75}, seed=2)
+    x = torch.bernoulli(torch.full((4, 2, 2, 16, 16), 0.3, dtype=torch.float64))
+    _spikes_vary(model, x)
+    nodes = _check(model, x, tmp_path, 10)
+    cuba = nodes["layers.2"]  # i' = syn i + x: tau_syn = 1/(1 - syn) = 4 and w_in = tau_syn; tau_mem = 1/k
+    assert type(cuba).__name__ == "CubaLIF" and cuba.tau_syn.shape == (8, 16, 16)
+    assert (cuba.tau_syn == 4.0).all() and (cuba.w_in == 4.0).all() and (cuba.tau_mem == 4.0).all()
+    assert (cuba.r == 1.0).all() and (cuba.v_leak == -0.25).all() and (cuba.v_reset == -0.25).all()
+    syn = model.layers[3].sn1.syn.item()
+    assert nodes["layers.3.sn1"].tau_syn.flat[0] == pytest.approx(1.0 / (1.0 - syn), rel=1e-15)
+
+
+def test_step_neuron_refusals(tmp_path, capsys):
+    from sewforge.neurons import Param, StepNeuron
+
+    def net(neuron):
+        return create_model(f"c8k3s1-BN-{neuron}-FC4", input_shape=(2, 8, 8), T=2).eval()
+
+    exportable = "exportable: IF (NIR IF), LIF, PLIF, LTLIF, ChannelLIF (NIR LIF), CUBALIF (NIR CubaLIF)"
+    for neuron, why in [("ALIF", "its threshold adapts with the previous spike"),
+                        ("Izhikevich", "its potential is quadratic")]:
+        with pytest.raises(NIRExportError) as err:
+            to_nir(net(neuron))
+        msg = str(err.value)
+        assert f"layers.2: neuron {neuron}Node has no NIR form: {why}" in msg and exportable in msg, msg
+        assert "\n" not in msg
+
+    class GainLIF(StepNeuron):  # an equation of its own, even if NIR could write it: not guessed
+        params = {"k": Param(0.5), "gain": Param(2.0)}
+
+        @staticmethod
+        def step(v, x, p):
+            return v + (p.gain * x - (v - p.v_rest)) * p.k
+
+    model = net("IF")
+    model.layers[2] = GainLIF()
+    with pytest.raises(NIRExportError, match="GainLIF has no NIR form: its step function is not one NIR writes"):
+        to_nir(model)
+    with pytest.raises(NIRExportError, match="soft reset"):
+        to_nir(net("ChannelLIF(v_reset=None)"))
+    with pytest.raises(NIRExportError, match="syn=1 >= 1"):
+        to_nir(net("CUBALIF(syn=1.0)"))
+    with pytest.raises(NIRExportError, match="k <= 0"):
+        to_nir(net("LTLIF(k=-0.5)"))
+    dst = tmp_path / "alif.nir"
+    assert main(["export", "sew7b_gesture", str(dst), "--neuron", "ALIF"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "previous spike" in err and not dst.exists()

@@ -11,6 +11,10 @@ conv + BN (eval)       ``Conv2d`` with the BN folded into weight and bias
 IF                     ``IF(r=1, v_reset=0)``
 LIF / PLIF             ``LIF(tau, r=1, v_leak=0, v_reset=0)``, ``tau = 1/sigmoid(w)`` for PLIF
                        (``r = tau`` for ``decay_input=False``)
+LTLIF / ChannelLIF     ``LIF(tau=1/k, r=1/theta, v_leak=0, v_reset=0)``; ChannelLIF's per-channel k and
+                       theta become per-neuron arrays, each channel's value over its H x W positions
+CUBALIF                ``CubaLIF(tau_syn=1/(1-syn), w_in=tau_syn, tau_mem=1/k, r=1, v_leak=0,
+                       v_reset=0)``
 ADD                    no node: A and S both have an edge into every consumer (NIR sums inputs)
 AND                    ``Threshold(1.5)`` of A + S
 IAND                   ``Threshold(0.5)`` of S - A (A through ``Scale(-1)``)
@@ -27,9 +31,34 @@ exporter writes each neuron's ``v_threshold`` as the largest number below V_th i
 run the graph in that dtype (float32 by default) for the same spikes. The ``Threshold`` nodes of g and
 pooling compare integers with half-integers and need no adjustment.
 
+Neurons: ``v_leak`` and ``v_reset`` are the neuron's ``v_reset`` (0 by default). The graph runs with
+``dt = 1``, each node on its inputs of the same step: NIR's ``LIF`` is ``v += (v_leak - v + r * I) / tau``,
+which is sewforge's LIF charge ``v + (x - (v - v_rest)) * k`` for ``tau = 1/k``.
+
+LTLIF and ChannelLIF measure the potential in units of their threshold theta: ``v + (x / theta - (v -
+v_rest)) * k``, fired at ``v >= V_th``. The exporter keeps that potential and writes the 1/theta as the
+input resistance ``r``, so ``v_threshold`` and ``v_reset`` stay the neuron's own and the ``>=`` to ``>``
+adjustment above stays exact; folding theta into the threshold instead (a potential in input units,
+threshold ``theta * V_th``) would round the threshold, and folding it into the weights needs a
+convolution in front of every neuron.
+
+CUBALIF (``i' = syn * i + x``, ``v' = v + (i' - (v - v_rest)) * k``, i starting at 0) is NIR's ``CubaLIF``
+discretised the same way, the synapse first: ``i += (w_in * I - i) / tau_syn`` with the step's input, then
+``v += (v_leak - v + r * i) / tau_mem`` with that updated current, as a synapse node feeding a LIF node
+would run in one step. ``tau_syn = 1/(1 - syn)`` and ``w_in = tau_syn`` give ``i' = syn * i + x``. A
+simulator that advances both equations from the previous step's values (the membrane seeing the
+previous current) runs this graph one step late in the membrane and gives other spikes.
+
+Time constants and ``r = 1/theta`` are written as reciprocals: the graph equals the network up to the
+rounding of ``1/k``, ``1/theta`` and ``1/(1 - syn)`` (as for PLIF's ``tau``); in float64 the tests see no
+spike move.
+
 Refused, with one line saying why: soft reset (NIR neurons reset to ``v_reset``), a neuron other
-than IF/LIF/PLIF, max pooling over values that are not spike counts, AND / IAND with a shortcut that is
-not binary, BN in training mode or without a convolution before it, and any other layer.
+than the above (ALIF: its threshold adapts with the previous spike; Izhikevich: a quadratic potential
+and a recovery variable driven by the previous spike; NIR has neither), a decay ``k <= 0`` or
+``syn >= 1`` (no positive finite time constant), max pooling over values that are not spike counts,
+AND / IAND with a shortcut that is not binary, BN in training mode or without a convolution before it,
+and any other layer.
 """
 from __future__ import annotations
 
@@ -117,25 +146,58 @@ class _Builder:
         ow = (wd + 2 * conv.padding[1] - conv.dilation[1] * (conv.kernel_size[1] - 1) - 1) // conv.stride[1] + 1
         return _Val([name], None, (conv.out_channels, oh, ow))
 
-    def neuron(self, name: str, sn: nn.Module, inputs: Sequence[str], shape: Tuple[int, ...]) -> _Val:
-        from ..neurons import IFNode, LIFNode, PLIFNode
+    def per_neuron(self, value: Any, shape: Tuple[int, ...]) -> np.ndarray:
+        """A parameter as one value per neuron of a layer of ``shape``: a scalar is repeated, a
+        per-channel vector ``[C]`` is broadcast over the positions of each channel (dim 0)."""
+        a = np.asarray(value.detach().cpu().double().numpy() if isinstance(value, torch.Tensor) else value,
+                       dtype=np.float64)
+        if a.ndim == 1:
+            a = a.reshape((-1,) + (1,) * (len(shape) - 1))
+        return np.broadcast_to(a, shape).astype(self.dtype)
 
-        if type(sn) not in (IFNode, LIFNode, PLIFNode):
-            raise NIRExportError(f"{name}: neuron {type(sn).__name__} has no NIR form; NIR has IF and LIF "
-                                 "(sewforge IF, LIF, PLIF)")
+    def neuron(self, name: str, sn: nn.Module, inputs: Sequence[str], shape: Tuple[int, ...]) -> _Val:
+        from ..neurons import CUBALIFNode, ChannelLIFNode, IFNode, LIFNode, LTLIFNode, PLIFNode
+
+        kind = type(sn)
+        if kind not in (IFNode, LIFNode, PLIFNode, LTLIFNode, ChannelLIFNode, CUBALIFNode):
+            raise NIRExportError(f"{name}: neuron {kind.__name__} has no NIR form: {_why_not(sn)}; exportable: "
+                                 f"{_EXPORTABLE}")
         if sn.v_reset is None:
             raise NIRExportError(f"{name}: soft reset (v_reset=None) has no NIR form (NIR neurons reset to "
                                  "v_reset); use a hard reset, v_reset=0")
         theta = np.nextafter(self.dtype.type(sn.v_threshold), self.dtype.type(-np.inf))
         full = lambda v: np.full(shape, v, dtype=np.float64).astype(self.dtype)  # noqa: E731
         thr = np.full(shape, theta, dtype=self.dtype)
-        if isinstance(sn, IFNode):
+        if kind is IFNode:
             node = self.nir.IF(r=full(1.0), v_threshold=thr, v_reset=full(sn.v_reset))
-        else:
+        elif kind in (LIFNode, PLIFNode):
             k = float(sn.charge_params().detach().double()[0])
             tau = 1.0 / k
             node = self.nir.LIF(tau=full(tau), r=full(1.0 if sn.decay_input else tau), v_leak=full(sn.v_reset),
                                 v_threshold=thr, v_reset=full(sn.v_reset))
+        else:
+            p = {n: v.detach().cpu().double() for n, v in sn.param_values(torch.float64).items()}
+            if kind is ChannelLIFNode and p["k"].numel() != shape[0]:
+                raise NIRExportError(f"{name}: {kind.__name__} has {p['k'].numel()} channels but its input has "
+                                     f"{shape[0]} (shape {shape})")
+            if not bool((p["k"] > 0).all()):
+                raise NIRExportError(f"{name}: {kind.__name__} has a decay k <= 0, which has no NIR time constant "
+                                     "(tau = 1/k must be positive)")
+            tau = self.per_neuron(1.0 / p["k"], shape)
+            if kind is CUBALIFNode:
+                syn = float(p["syn"])
+                if not syn < 1.0:
+                    raise NIRExportError(f"{name}: {kind.__name__} has syn={syn:g} >= 1, which has no NIR synaptic "
+                                         "time constant (tau_syn = 1/(1 - syn) must be positive and finite)")
+                tau_syn = full(1.0 / (1.0 - syn))
+                node = self.nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau, r=full(1.0), v_leak=full(sn.v_reset),
+                                        v_threshold=thr, v_reset=full(sn.v_reset), w_in=tau_syn.copy())
+            else:  # LTLIF, ChannelLIF: the potential in units of theta, so the input is scaled by 1/theta
+                if not bool((p["theta"] != 0).all()):
+                    raise NIRExportError(f"{name}: {kind.__name__} has a threshold theta = 0 (its input x / theta "
+                                         "is not finite)")
+                node = self.nir.LIF(tau=tau, r=self.per_neuron(1.0 / p["theta"], shape), v_leak=full(sn.v_reset),
+                                    v_threshold=thr, v_reset=full(sn.v_reset))
         self.add(name, node, inputs)
         return _Val([name], 1, shape)
 
@@ -222,6 +284,30 @@ class _Builder:
         raise NIRExportError(f"{name}: element-wise function g={g} has no NIR export (ADD, AND, IAND, RIAND do)")
 
 
+_EXPORTABLE = "IF (NIR IF), LIF, PLIF, LTLIF, ChannelLIF (NIR LIF), CUBALIF (NIR CubaLIF), with a hard reset"
+
+
+def _why_not(sn: nn.Module) -> str:
+    """Why the state of ``sn`` has no NIR neuron (one clause)."""
+    from ..neurons import ALIFNode, BaseNeuron, IzhikevichNode, StepNeuron
+
+    if isinstance(sn, ALIFNode):
+        return "its threshold adapts with the previous spike (it fires on v - beta * a); NIR has no adaptive neuron"
+    if isinstance(sn, IzhikevichNode):
+        return ("its potential is quadratic and its recovery variable jumps with the previous spike; NIR has no "
+                "Izhikevich neuron")
+    if not isinstance(sn, BaseNeuron):
+        return f"it is not a sewforge neuron (from {type(sn).__module__.split('.')[0]})"
+    eq = getattr(sn, "_multistate", None)
+    if eq is not None and eq.uses_s:
+        return "its states use the previous spike; NIR neurons have no such input"
+    if eq is not None and eq.fire is not None:
+        return "it fires on a function of its states, not on v; NIR neurons compare v with a threshold"
+    if isinstance(sn, StepNeuron):
+        return "its step function is not one NIR writes (NIR has IF, LIF and CubaLIF updates)"
+    return "its charge equation is not one NIR writes (NIR has IF, LIF and CubaLIF updates)"
+
+
 def _pair(v: Any) -> Tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -266,8 +352,8 @@ def _spec_layers(bld: _Builder, model: nn.Module, x: _Val) -> _Val:
             what = type(inner if inner is not None else layer).__name__
             if isinstance(inner, FeaturePool):
                 what = "1-D pooling over features"
-            raise NIRExportError(f"{name}: {what} has no NIR export (conv, BN, IF/LIF/PLIF, MP, AP, GAP, FC and the "
-                                 "residual blocks do)")
+            raise NIRExportError(f"{name}: {what} has no NIR export (conv, BN, the neurons IF, LIF, PLIF, LTLIF, "
+                                 "ChannelLIF, CUBALIF, MP, AP, GAP, FC and the residual blocks do)")
         i += 1
     return x
 
@@ -355,7 +441,9 @@ def run_nir(graph: Any, x: torch.Tensor, *, record: bool = False) -> Tuple[torch
     where ``records`` maps every node to its outputs ``[T, B, ...]`` when ``record=True``.
 
     Inputs of a node are summed; IF: ``v += r * I``, LIF: ``v += (v_leak - v + r * I) / tau``;
-    a neuron fires where ``v > v_threshold`` and resets to ``v_reset``; computed in ``x``'s dtype.
+    CubaLIF: ``i += (w_in * I - i) / tau_syn`` (i starts at 0), then ``v += (v_leak - v + r * i) / tau_mem``
+    with that updated ``i``; a neuron fires where ``v > v_threshold`` and resets ``v`` to ``v_reset``;
+    computed in ``x``'s dtype.
     """
     dt = x.dtype
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
@@ -373,6 +461,10 @@ def run_nir(graph: Any, x: torch.Tensor, *, record: bool = False) -> Tuple[torch
                             "thr": t(node.v_threshold), "v_reset": t(node.v_reset)}
         elif kind == "IF":
             params[name] = {"r": t(node.r), "thr": t(node.v_threshold), "v_reset": t(node.v_reset)}
+        elif kind == "CubaLIF":
+            params[name] = {"k": t(1.0 / np.asarray(node.tau_mem, dtype=np.float64)), "r": t(node.r),
+                            "k_syn": t(1.0 / np.asarray(node.tau_syn, dtype=np.float64)), "w_in": t(node.w_in),
+                            "v_leak": t(node.v_leak), "thr": t(node.v_threshold), "v_reset": t(node.v_reset)}
     state: Dict[str, torch.Tensor] = {}
     outputs, records = [], {n: [] for n in order} if record else {}
     for step in range(x.shape[0]):
@@ -406,13 +498,18 @@ def run_nir(graph: Any, x: torch.Tensor, *, record: bool = False) -> Tuple[torch
                                  tuple(int(v) for v in np.atleast_1d(node.padding)))
             elif kind == "Flatten":
                 y = inp.flatten(1)
-            elif kind in ("IF", "LIF"):
+            elif kind in ("IF", "LIF", "CubaLIF"):
                 p = params[name]
                 v = state.get(name, torch.zeros_like(inp) + p["v_reset"])
                 if kind == "IF":
                     v = v + p["r"] * inp
-                else:
+                elif kind == "LIF":
                     v = v + (p["v_leak"] - v + p["r"] * inp) * p["k"]
+                else:  # the synapse first, then the membrane with the updated current
+                    cur = state.get(name + "\0i", torch.zeros_like(inp))
+                    cur = cur + (p["w_in"] * inp - cur) * p["k_syn"]
+                    state[name + "\0i"] = cur
+                    v = v + (p["v_leak"] - v + p["r"] * cur) * p["k"]
                 spike = v > p["thr"]
                 state[name] = torch.where(spike, p["v_reset"], v)
                 y = spike.to(dt)
