@@ -76,7 +76,7 @@ def test_sew_resnet18_round_trip(tmp_path):
     assert type(nodes["avgpool"]).__name__ == "AvgPool2d"
 
 
-def test_refusals_are_one_line(tmp_path, capsys):
+def test_refusals_are_one_line():
     soft = create_model("c8k3s1-BN-IF(v_reset=None)-FC4", input_shape=(2, 8, 8), T=2).eval()
     with pytest.raises(NIRExportError, match="soft reset"):
         to_nir(soft)
@@ -85,10 +85,7 @@ def test_refusals_are_one_line(tmp_path, capsys):
         to_nir(pool)
     with pytest.raises(NIRExportError, match="eval"):
         to_nir(create_model("c8k3s1-BN-IF-FC4", input_shape=(2, 8, 8), T=2))
-    dst = tmp_path / "soft.nir"
-    assert main(["export", "c8k3s1-BN-IF(v_reset=None)-FC4", str(dst)]) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and not dst.exists()
+    # the command's one-line refusal (exit code 2, no file) is checked with a zoo model below
 
 
 def test_cli_export_of_a_zoo_model(tmp_path, capsys):
