@@ -55,25 +55,34 @@ def _compare_module(neuron: Any, x: torch.Tensor, *, shortcut: Optional[torch.Te
     finally:
         neuron.backend, neuron.stateful = saved
         neuron.zero_grad(set_to_none=True)
-    (o_ref, gx_ref, gp_ref, gs_ref), (o_k, gx_k, gp_k, gs_k) = results
+    _check_results(case, results[0], results[1], x.dtype, shortcut.dtype if shortcut is not None else None)
+
+
+def _check_results(case: str, ref: Tuple[Any, ...], got: Tuple[Any, ...], x_dtype: torch.dtype,
+                   sc_dtype: Optional[torch.dtype]) -> None:
+    """Spikes identical; dL/dX, every parameter gradient (a dict name -> tensor) and dL/dS within the
+    dtype's tolerance. Parameter gradients are sums over every element and step: compared relative
+    to the magnitude of dL/dX."""
+    (o_ref, gx_ref, gp_ref, gs_ref), (o_k, gx_k, gp_k, gs_k) = ref, got
     if o_k.dtype != o_ref.dtype or not torch.equal(o_k, o_ref):
         bad = (o_k != o_ref).sum().item() if o_k.shape == o_ref.shape else "all"
         raise AssertionError(f"{case}: kernel output differs from the reference in {bad} elements "
                              f"(dtypes {o_k.dtype} / {o_ref.dtype})")
-    _close("dL/dX", gx_k, gx_ref, x.dtype, case)
+    _close("dL/dX", gx_k, gx_ref, x_dtype, case)
     if set(gp_k) != set(gp_ref):
         raise AssertionError(f"{case}: gradients for parameters {sorted(gp_k)}, the reference has {sorted(gp_ref)}")
     scale = max(1.0, gx_ref.double().abs().sum().item())
-    rtol, atol = TOLERANCES[x.dtype]
+    rtol, atol = TOLERANCES[x_dtype]
     for name, want in gp_ref.items():
-        got = gp_k[name].double()
-        err = (got - want.double()).abs()
+        have = gp_k[name].double()
+        err = (have - want.double()).abs()
         if (err > atol * scale + rtol * want.double().abs()).any():
             i = int(torch.argmax(err))
-            raise AssertionError(f"{case}: gradient of parameter {name} {got.flatten()[i].item():.8g} differs from "
+            raise AssertionError(f"{case}: gradient of parameter {name} {have.flatten()[i].item():.8g} differs from "
                                  f"the reference {want.double().flatten()[i].item():.8g} (element {i})")
     if gs_ref is not None:
-        _close("dL/dS (shortcut)", gs_k, gs_ref, shortcut.dtype, case)
+        _close("dL/dS (shortcut)", gs_k, gs_ref, sc_dtype, case)
+
 
 #: (rtol, atol) for gradients, per input dtype; spikes must match exactly in every dtype.
 TOLERANCES: Dict[torch.dtype, Tuple[float, float]] = {
@@ -138,23 +147,11 @@ def compare_to_reference(
             out.backward(go.to(out.dtype))
         results.append((out.detach(), xb.grad, params.grad if learnable else None,
                         sc.grad if sc is not None else None))
-    (o_ref, gx_ref, gp_ref, gs_ref), (o_k, gx_k, gp_k, gs_k) = results
-    if o_k.dtype != o_ref.dtype or not torch.equal(o_k, o_ref):
-        bad = (o_k != o_ref).sum().item() if o_k.shape == o_ref.shape else "all"
-        raise AssertionError(f"{case}: kernel output differs from the reference in {bad} elements "
-                             f"(dtypes {o_k.dtype} / {o_ref.dtype})")
-    _close("dL/dX", gx_k, gx_ref, x.dtype, case)
-    if gp_ref is not None:
-        # sums over every element and step: compare relative to their magnitude
-        scale = max(1.0, gx_ref.double().abs().sum().item())
-        rtol, atol = TOLERANCES[x.dtype]
-        for i in charge.learnable:
-            got, want = gp_k.double()[i].item(), gp_ref.double()[i].item()
-            if not abs(got - want) <= atol * scale + rtol * abs(want):
-                raise AssertionError(f"{case}: gradient of parameter {_param_name(charge, i)} {got:.8g} differs "
-                                     f"from the reference {want:.8g}")
-    if gs_ref is not None:
-        _close("dL/dS (shortcut)", gs_k, gs_ref, shortcut.dtype, case)
+    named = []
+    for out, gx, gp, gs in results:
+        grads = {_param_name(charge, i): gp[i] for i in charge.learnable} if gp is not None else {}
+        named.append((out, gx, grads, gs))
+    _check_results(case, named[0], named[1], x.dtype, shortcut.dtype if shortcut is not None else None)
 
 
 def _param_name(charge: Any, i: int) -> str:

@@ -315,18 +315,28 @@ def compiled_library(spec: KernelSpec, dtype: torch.dtype) -> Optional[ctypes.CD
 
 
 def _build(spec: KernelSpec, dtype: torch.dtype) -> Optional[ctypes.CDLL]:
-    cc = _compiler()
-    if cc is None:
+    if _compiler() is None:
         _warn_once("sewforge: no C compiler found (set CC or install gcc); neurons run the slower plain-PyTorch "
                    "CPU path")
         return None
-    if cc in _BROKEN:
+    return build_library(generate_source(spec, dtype), "sf", dtype, "the CPU neuron kernel",
+                         "neurons run the slower plain-PyTorch CPU path", compiler_at_fault=True)
+
+
+def build_library(source: str, prefix: str, dtype: torch.dtype, what: str, fallback: str, *,
+                  compiler_at_fault: bool) -> Optional[ctypes.CDLL]:
+    """Compile C ``source`` into a shared library and load it: cached on disk under a name made of
+    ``prefix`` and a digest of the source, compiler, flags and CPU, written atomically (a concurrent
+    build of the same kernel is harmless). None, after a one-line warning naming ``what`` and the
+    ``fallback`` that runs instead, when there is no compiler or the build fails; a failure marks
+    the compiler broken when ``compiler_at_fault`` (the source is known to compile elsewhere)."""
+    cc = _compiler()
+    if cc is None or cc in _BROKEN:
         return None
-    source = generate_source(spec, dtype)
     flags = _flags()
     digest = hashlib.sha256("\0".join([source, cc, " ".join(flags), _cpu_signature(), sys.platform]).encode())
     folder = _cache_dir()
-    path = folder / f"sf_{digest.hexdigest()[:24]}.so"
+    path = folder / f"{prefix}_{digest.hexdigest()[:24]}.so"
     if not path.exists():
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -341,21 +351,20 @@ def _build(spec: KernelSpec, dtype: torch.dtype) -> Optional[ctypes.CDLL]:
                     if dtype == torch.float16 and "_Float16" in proc.stderr:
                         _warn_once(f"sewforge: {cc} has no _Float16; float16 neurons run the plain-PyTorch CPU path")
                         return None
-                    _BROKEN[cc] = first
-                    _warn_once(f"sewforge: compiling the CPU neuron kernel with {cc} failed ({first}); neurons run "
-                               "the slower plain-PyTorch CPU path")
+                    if compiler_at_fault:
+                        _BROKEN[cc] = first
+                    _warn_once(f"sewforge: compiling {what} with {cc} failed ({first}); {fallback}")
                     return None
                 os.replace(so_tmp, path)  # atomic: a concurrent build of the same kernel is harmless
         except (OSError, subprocess.SubprocessError) as exc:
             _BROKEN[cc] = str(exc)
-            _warn_once(f"sewforge: could not build the CPU neuron kernel in {folder} ({exc}); neurons run the "
-                       "slower plain-PyTorch CPU path (set SEWFORGE_KERNEL_CACHE to a writable folder)")
+            _warn_once(f"sewforge: could not build {what} in {folder} ({exc}); {fallback} (set "
+                       "SEWFORGE_KERNEL_CACHE to a writable folder)")
             return None
     try:
         return ctypes.CDLL(str(path))
     except OSError as exc:
-        _warn_once(f"sewforge: could not load the CPU neuron kernel {path} ({exc}); neurons run the plain-PyTorch "
-                   "CPU path")
+        _warn_once(f"sewforge: could not load {what} {path} ({exc}); {fallback}")
         return None
 
 

@@ -41,12 +41,9 @@ import ctypes
 import hashlib
 import inspect
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -589,36 +586,10 @@ def _library(spec: _Spec, dtype: torch.dtype) -> Optional[ctypes.CDLL]:
 
 
 def _build(spec: _Spec, dtype: torch.dtype, cpu: Any) -> Optional[ctypes.CDLL]:
-    cc = cpu._compiler()
-    if cc is None or cc in cpu._BROKEN:
+    lib = cpu.build_library(generate_source(spec, dtype), "sfms", dtype, f"the CPU kernel of {spec.eq.name}",
+                            "it runs the PyTorch reference", compiler_at_fault=False)
+    if lib is None:
         return None
-    source = generate_source(spec, dtype)
-    flags = cpu._flags()
-    digest = hashlib.sha256("\0".join([source, cc, " ".join(flags), cpu._cpu_signature(), sys.platform]).encode())
-    folder = cpu._cache_dir()
-    path = folder / f"sfms_{digest.hexdigest()[:24]}.so"
-    if not path.exists():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                c_file = Path(tmp) / "kernel.c"
-                c_file.write_text(source)
-                so_tmp = Path(tmp) / "kernel.so"
-                proc = subprocess.run([cc, *flags, str(c_file), "-o", str(so_tmp), "-lm"], capture_output=True,
-                                      text=True, timeout=120)
-                if proc.returncode != 0:
-                    if dtype == torch.float16 and "_Float16" in proc.stderr:
-                        return None
-                    first = (proc.stderr.strip().splitlines() or ["(no message)"])[0]
-                    cpu._warn_once(f"sewforge: compiling the CPU kernel of {spec.eq.name} with {cc} failed ({first}); "
-                                   "it runs the PyTorch reference")
-                    return None
-                os.replace(so_tmp, path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            cpu._warn_once(f"sewforge: could not build the CPU kernel of {spec.eq.name} in {folder} ({exc}); it runs "
-                           "the PyTorch reference")
-            return None
-    lib = ctypes.CDLL(str(path))
     lib.fwd.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 6 + [ctypes.c_double] * 2 + [ctypes.c_void_p]
     lib.fwd.restype = None
     lib.bwd.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 6 + [ctypes.c_double] * 3 + [ctypes.c_void_p]

@@ -8,7 +8,7 @@ case the potential after the last step is kept (detached) for the next call unti
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -126,9 +126,16 @@ class BaseNeuron(nn.Module):
         def fires(x: float) -> bool:
             return bool(charge.torch_charge(v, torch.tensor(x, dtype=torch.float64), p, v_rest) >= self.v_threshold)
 
+        return self._least_firing_input(fires, margin)
+
+    def _least_firing_input(self, fires: Callable[[float], bool], margin: float) -> float:
+        """The least constant input for which ``fires`` holds (assumed monotone), by bisection, plus a
+        relative ``margin``."""
         lo, hi = -1.0, 1.0
         while fires(lo):
             lo *= 2
+            if lo < -1e12:
+                raise ValueError(f"{type(self).__name__}: every constant input makes this neuron fire")
         while not fires(hi):
             hi *= 2
             if hi > 1e12:

@@ -255,19 +255,7 @@ class StepNeuron(BaseNeuron):
             out, _ = multistate_reference(xs, eq, values, self.surrogate, self.v_threshold, self.v_reset, True)
             return bool(out.min() > 0)
 
-        lo, hi = -1.0, 1.0
-        while fires(lo):
-            lo *= 2
-            if lo < -1e12:
-                raise ValueError(f"{type(self).__name__}: every constant input makes this neuron fire")
-        while not fires(hi):
-            hi *= 2
-            if hi > 1e12:
-                raise ValueError(f"{type(self).__name__}: no constant input makes this neuron fire")
-        for _ in range(80):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (lo, mid) if fires(mid) else (mid, hi)
-        return hi + margin * max(abs(hi), 1e-3)
+        return self._least_firing_input(fires, margin)
 
     def charge_params(self) -> torch.Tensor:
         if not self.params:
