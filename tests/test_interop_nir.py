@@ -96,7 +96,7 @@ def test_cli_export_of_a_zoo_model(tmp_path, capsys):
     assert graph.metadata["producer"] == "sewforge" and "layers.3.and" in graph.nodes
 
 
-# -- the step-function neurons: LTLIF, ChannelLIF (NIR LIF) and CUBALIF (NIR CubaLIF) ---------------
+# -- the step-function neurons: LTLIF, ChannelLIF (NIR LIF) and CUBALIF (NIR LI + LIF) ------------------
 def _step_neuron_net(neuron: str, first: dict, seed: int = 0) -> nn.Module:
     """``c8k3s1-BN-<neuron>-{SEW Block (c8)}*1-MPk2s2-FC4`` on 2x16x16, T=4, random BN and random
     learnable neuron parameters (per channel where the neuron has them), except the first neuron's,
@@ -167,12 +167,28 @@ def test_cubalif_round_trip(tmp_path):
     x = torch.bernoulli(torch.full((4, 2, 2, 16, 16), 0.3, dtype=torch.float64))
     _spikes_vary(model, x)
     nodes = _check(model, x, tmp_path, 10)
-    cuba = nodes["layers.2"]  # i' = syn i + x: tau_syn = 1/(1 - syn) = 4 and w_in = tau_syn; tau_mem = 1/k
-    assert type(cuba).__name__ == "CubaLIF" and cuba.tau_syn.shape == (8, 16, 16)
-    assert (cuba.tau_syn == 4.0).all() and (cuba.w_in == 4.0).all() and (cuba.tau_mem == 4.0).all()
-    assert (cuba.r == 1.0).all() and (cuba.v_leak == -0.25).all() and (cuba.v_reset == -0.25).all()
+    # i' = syn i + x: an LI with tau = 1/(1 - syn) = 4 and r = tau; the membrane a LIF with tau = 1/k = 4
+    current, membrane = nodes["layers.2.current"], nodes["layers.2"]
+    assert type(current).__name__ == "LI" and type(membrane).__name__ == "LIF" and current.tau.shape == (8, 16, 16)
+    assert (current.tau == 4.0).all() and (current.r == 4.0).all() and (current.v_leak == 0.0).all()
+    assert (membrane.tau == 4.0).all() and (membrane.r == 1.0).all()
+    assert (membrane.v_leak == -0.25).all() and (membrane.v_reset == -0.25).all()
     syn = model.layers[3].sn1.syn.item()
-    assert nodes["layers.3.sn1"].tau_syn.flat[0] == pytest.approx(1.0 / (1.0 - syn), rel=1e-15)
+    assert nodes["layers.3.sn1.current"].tau.flat[0] == pytest.approx(1.0 / (1.0 - syn), rel=1e-15)
+
+
+def test_run_nir_steps_a_cubalif_node_as_nirs_forward_euler_reference():
+    """A CubaLIF node written by another tool: current and membrane both advance from the previous
+    step's values (hand-computed: tau_syn = tau_mem = 2, w_in = r = 1, threshold 0.6)."""
+    cuba = nir.CubaLIF(tau_syn=np.full(1, 2.0), tau_mem=np.full(1, 2.0), r=np.ones(1), v_leak=np.zeros(1),
+                       v_threshold=np.full(1, 0.6), v_reset=np.zeros(1), w_in=np.ones(1))
+    graph = nir.NIRGraph(nodes={"input": nir.Input(input_type=np.array([1])), "cuba": cuba,
+                                "output": nir.Output(output_type=np.array([1]))},
+                         edges=[("input", "cuba"), ("cuba", "output")])
+    x = torch.ones(4, 1, 1, dtype=torch.float64)
+    out, records = run_nir(graph, x, record=True)
+    # i: 0 -> 0.5 -> 0.75 -> 0.875; v uses the previous i: 0 -> 0.25 -> 0.5 -> 0.6875 (fires, resets)
+    assert records["cuba"].flatten().tolist() == [0.0, 0.0, 0.0, 1.0]
 
 
 def test_step_neuron_refusals(tmp_path, capsys):
@@ -181,7 +197,7 @@ def test_step_neuron_refusals(tmp_path, capsys):
     def net(neuron):
         return create_model(f"c8k3s1-BN-{neuron}-FC4", input_shape=(2, 8, 8), T=2).eval()
 
-    exportable = "exportable: IF (NIR IF), LIF, PLIF, LTLIF, ChannelLIF (NIR LIF), CUBALIF (NIR CubaLIF)"
+    exportable = "exportable: IF (NIR IF), LIF, PLIF, LTLIF, ChannelLIF (NIR LIF), CUBALIF (NIR LI + LIF)"
     for neuron, why in [("ALIF", "its threshold adapts with the previous spike"),
                         ("Izhikevich", "its potential is quadratic")]:
         with pytest.raises(NIRExportError) as err:

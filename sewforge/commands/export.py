@@ -5,7 +5,7 @@ chain), or a checkpoint: one written by `sewforge train` / `sewforge convert`, a
 dict or a 2021 SEW checkpoint (converted first; give --model where the file does not name it).
 The graph is one time step; feed it T steps and average its output over T for the logits.
 Conv+BN become one Conv2d; IF, LIF, PLIF, LTLIF and ChannelLIF neurons NIR IF/LIF, CUBALIF a NIR
-CubaLIF (other neurons are refused, saying why); AND/IAND Threshold nodes; max pooling of spikes
+LI into a LIF (other neurons are refused, saying why); AND/IAND Threshold nodes; max pooling of spikes
 SumPool2d+Threshold. Examples:
 
     sewforge export sew7b_gesture gesture.nir --g IAND

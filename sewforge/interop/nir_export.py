@@ -13,8 +13,8 @@ LIF / PLIF             ``LIF(tau, r=1, v_leak=0, v_reset=0)``, ``tau = 1/sigmoid
                        (``r = tau`` for ``decay_input=False``)
 LTLIF / ChannelLIF     ``LIF(tau=1/k, r=1/theta, v_leak=0, v_reset=0)``; ChannelLIF's per-channel k and
                        theta become per-neuron arrays, each channel's value over its H x W positions
-CUBALIF                ``CubaLIF(tau_syn=1/(1-syn), w_in=tau_syn, tau_mem=1/k, r=1, v_leak=0,
-                       v_reset=0)``
+CUBALIF                ``LI(tau=1/(1-syn), r=tau, v_leak=0)`` (the synaptic current) feeding
+                       ``LIF(tau=1/k, r=1, v_leak=0, v_reset=0)`` (the membrane)
 ADD                    no node: A and S both have an edge into every consumer (NIR sums inputs)
 AND                    ``Threshold(1.5)`` of A + S
 IAND                   ``Threshold(0.5)`` of S - A (A through ``Scale(-1)``)
@@ -42,12 +42,14 @@ adjustment above stays exact; folding theta into the threshold instead (a potent
 threshold ``theta * V_th``) would round the threshold, and folding it into the weights needs a
 convolution in front of every neuron.
 
-CUBALIF (``i' = syn * i + x``, ``v' = v + (i' - (v - v_rest)) * k``, i starting at 0) is NIR's ``CubaLIF``
-discretised the same way, the synapse first: ``i += (w_in * I - i) / tau_syn`` with the step's input, then
-``v += (v_leak - v + r * i) / tau_mem`` with that updated current, as a synapse node feeding a LIF node
-would run in one step. ``tau_syn = 1/(1 - syn)`` and ``w_in = tau_syn`` give ``i' = syn * i + x``. A
-simulator that advances both equations from the previous step's values (the membrane seeing the
-previous current) runs this graph one step late in the membrane and gives other spikes.
+CUBALIF (``i' = syn * i + x``, ``v' = v + (i' - (v - v_rest)) * k``, i starting at 0) uses the current of
+the same step in its membrane. NIR's ``CubaLIF`` node leaves the order of its two updates to the
+simulator, and NIR's own forward-Euler reference advances both from the previous step's values (the
+membrane sees the previous current), which would run the membrane one step late. The exporter writes
+the two equations as two nodes instead, an ``LI`` (``i += (v_leak - i + r * I) / tau`` with ``tau = 1/(1 -
+syn)``, ``r = tau``, ``v_leak = 0``: ``i' = syn * i + x``) with an edge into a ``LIF`` (``tau = 1/k``, ``r = 1``),
+so the order is the graph's: every simulator that runs a node on its inputs of the same step runs the
+network exactly.
 
 Time constants and ``r = 1/theta`` are written as reciprocals: the graph equals the network up to the
 rounding of ``1/k``, ``1/theta`` and ``1/(1 - syn)`` (as for PLIF's ``tau``); in float64 the tests see no
@@ -189,9 +191,12 @@ class _Builder:
                 if not syn < 1.0:
                     raise NIRExportError(f"{name}: {kind.__name__} has syn={syn:g} >= 1, which has no NIR synaptic "
                                          "time constant (tau_syn = 1/(1 - syn) must be positive and finite)")
-                tau_syn = full(1.0 / (1.0 - syn))
-                node = self.nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau, r=full(1.0), v_leak=full(sn.v_reset),
-                                        v_threshold=thr, v_reset=full(sn.v_reset), w_in=tau_syn.copy())
+                tau_syn = full(1.0 / (1.0 - syn))  # the current, then the membrane on it, in one step
+                current = self.add(f"{name}.current", self.nir.LI(tau=tau_syn, r=tau_syn.copy(), v_leak=full(0.0)),
+                                   inputs)
+                inputs = [current]
+                node = self.nir.LIF(tau=tau, r=full(1.0), v_leak=full(sn.v_reset), v_threshold=thr,
+                                    v_reset=full(sn.v_reset))
             else:  # LTLIF, ChannelLIF: the potential in units of theta, so the input is scaled by 1/theta
                 if not bool((p["theta"] != 0).all()):
                     raise NIRExportError(f"{name}: {kind.__name__} has a threshold theta = 0 (its input x / theta "
@@ -284,7 +289,7 @@ class _Builder:
         raise NIRExportError(f"{name}: element-wise function g={g} has no NIR export (ADD, AND, IAND, RIAND do)")
 
 
-_EXPORTABLE = "IF (NIR IF), LIF, PLIF, LTLIF, ChannelLIF (NIR LIF), CUBALIF (NIR CubaLIF), with a hard reset"
+_EXPORTABLE = "IF (NIR IF), LIF, PLIF, LTLIF, ChannelLIF (NIR LIF), CUBALIF (NIR LI + LIF), with a hard reset"
 
 
 def _why_not(sn: nn.Module) -> str:
@@ -440,10 +445,11 @@ def run_nir(graph: Any, x: torch.Tensor, *, record: bool = False) -> Tuple[torch
     """Run ``graph`` on ``x = [T, B, ...]`` one step at a time: ``(outputs [T, B, ...], records)``,
     where ``records`` maps every node to its outputs ``[T, B, ...]`` when ``record=True``.
 
-    Inputs of a node are summed; IF: ``v += r * I``, LIF: ``v += (v_leak - v + r * I) / tau``;
-    CubaLIF: ``i += (w_in * I - i) / tau_syn`` (i starts at 0), then ``v += (v_leak - v + r * i) / tau_mem``
-    with that updated ``i``; a neuron fires where ``v > v_threshold`` and resets ``v`` to ``v_reset``;
-    computed in ``x``'s dtype.
+    Inputs of a node are summed; IF: ``v += r * I``, LIF: ``v += (v_leak - v + r * I) / tau``; LI: the same
+    without firing, its output is ``v``; CubaLIF as NIR's forward-Euler reference: ``i`` and ``v`` both
+    advance from the previous step's values, ``i += (w_in * I - i) / tau_syn`` (i starts at 0) and ``v +=
+    (v_leak - v + r * i_previous) / tau_mem``; a neuron fires where ``v > v_threshold`` and resets ``v`` to
+    ``v_reset``; computed in ``x``'s dtype.
     """
     dt = x.dtype
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
@@ -455,8 +461,11 @@ def run_nir(graph: Any, x: torch.Tensor, *, record: bool = False) -> Tuple[torch
     for name in order:
         node = graph.nodes[name]
         kind = type(node).__name__
-        if kind == "LIF":
+        if kind in ("LIF", "LI"):
             tau = np.asarray(node.tau, dtype=np.float64)
+            if kind == "LI":
+                params[name] = {"k": t(1.0 / tau), "r": t(node.r), "v_leak": t(node.v_leak)}
+                continue
             params[name] = {"k": t(1.0 / tau), "r": t(node.r), "v_leak": t(node.v_leak),
                             "thr": t(node.v_threshold), "v_reset": t(node.v_reset)}
         elif kind == "IF":
@@ -498,6 +507,11 @@ def run_nir(graph: Any, x: torch.Tensor, *, record: bool = False) -> Tuple[torch
                                  tuple(int(v) for v in np.atleast_1d(node.padding)))
             elif kind == "Flatten":
                 y = inp.flatten(1)
+            elif kind == "LI":
+                p = params[name]
+                y = state.get(name, torch.zeros_like(inp) + p["v_leak"])
+                y = y + (p["v_leak"] - y + p["r"] * inp) * p["k"]
+                state[name] = y
             elif kind in ("IF", "LIF", "CubaLIF"):
                 p = params[name]
                 v = state.get(name, torch.zeros_like(inp) + p["v_reset"])
@@ -505,11 +519,10 @@ def run_nir(graph: Any, x: torch.Tensor, *, record: bool = False) -> Tuple[torch
                     v = v + p["r"] * inp
                 elif kind == "LIF":
                     v = v + (p["v_leak"] - v + p["r"] * inp) * p["k"]
-                else:  # the synapse first, then the membrane with the updated current
+                else:  # both from the previous step's values: the membrane sees the previous current
                     cur = state.get(name + "\0i", torch.zeros_like(inp))
-                    cur = cur + (p["w_in"] * inp - cur) * p["k_syn"]
-                    state[name + "\0i"] = cur
                     v = v + (p["v_leak"] - v + p["r"] * cur) * p["k"]
+                    state[name + "\0i"] = cur + (p["w_in"] * inp - cur) * p["k_syn"]
                 spike = v > p["thr"]
                 state[name] = torch.where(spike, p["v_reset"], v)
                 y = spike.to(dt)
