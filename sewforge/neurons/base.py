@@ -21,7 +21,8 @@ from ..surrogates import Surrogate, create_surrogate
 __all__ = ["BaseNeuron", "check_tau", "check_neuron_module"]
 
 
-def _finite(name: str, value: Any, owner: str) -> float:
+def finite_number(name: str, value: Any, owner: str) -> float:
+    """``value`` as a finite float, or a ValueError naming ``owner`` and ``name``."""
     try:
         f = float(value)
     except (TypeError, ValueError):
@@ -32,7 +33,7 @@ def _finite(name: str, value: Any, owner: str) -> float:
 
 
 def check_tau(name: str, value: Any, owner: str) -> float:
-    tau = _finite(name, value, owner)
+    tau = finite_number(name, value, owner)
     if tau <= 1.0:
         raise ValueError(f"{owner}: {name} must be > 1 (the decay 1/{name} must lie in (0, 1)), got {value!r}")
     return tau
@@ -80,8 +81,8 @@ class BaseNeuron(nn.Module):
     ):
         super().__init__()
         owner = type(self).__name__
-        self.v_threshold = _finite("v_threshold", v_threshold, owner)
-        self.v_reset = None if v_reset is None else _finite("v_reset", v_reset, owner)
+        self.v_threshold = finite_number("v_threshold", v_threshold, owner)
+        self.v_reset = None if v_reset is None else finite_number("v_reset", v_reset, owner)
         if self.v_reset is not None and self.v_reset >= self.v_threshold:
             raise ValueError(f"{owner}: v_reset ({v_reset}) must be below v_threshold ({v_threshold}), "
                              "or None for a soft reset")

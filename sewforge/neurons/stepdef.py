@@ -54,7 +54,7 @@ from ..kernels.derive import StepFunctionError, charge_from_step
 from ..kernels.multistate import (MultiStateEquation, check_channels, multistate_from_step, multistate_neuron,
                                   multistate_reference)
 from ..memory import combined_bound, mark_spikes
-from .base import BaseNeuron
+from .base import BaseNeuron, finite_number
 
 
 def _static(cls: type, name: str) -> Any:
@@ -162,12 +162,7 @@ class StepNeuron(BaseNeuron):
             if spec.per_channel:
                 t = _per_channel_value(owner, name, value, channels)
             else:
-                try:
-                    value = float(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{owner}: {name} must be a number, got {value!r}") from None
-                if not math.isfinite(value):
-                    raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+                value = finite_number(name, value, owner)
                 t = torch.tensor(value)
             if spec.learnable:
                 setattr(self, name, nn.Parameter(t))
