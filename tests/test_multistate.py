@@ -442,3 +442,20 @@ def test_custom_op_schema_fake_and_autograd_registration(channels_last):
             (x, None, P, S, key, how, 1.0, None, 2.0, True, need_state, True),
             test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
         assert set(result.values()) == {"SUCCESS"}, result
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_double_backward_through_a_multistate_kernel_is_refused_with_a_clear_error(backend):
+    """A gradient penalty through a fused multi-state neuron: the kernels' gradients have no
+    derivative, so differentiating them again must say so (the reference can)."""
+    x = torch.randn(4, 2, 6, requires_grad=True)
+    weights = torch.arange(48.0).reshape(4, 2, 6)
+    out = create_neuron("ALIF", backend=backend)(x)
+    (gx,) = torch.autograd.grad((out * weights).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        (gx.pow(2).sum() + x.sum()).backward()
+    x.grad = None
+    out = create_neuron("ALIF", backend="torch")(x)
+    (gx,) = torch.autograd.grad((out * weights).sum(), x, create_graph=True)
+    (gx.pow(2).sum() + x.sum()).backward()  # the reference differentiates its own backward
+    assert x.grad is not None

@@ -51,6 +51,7 @@ import torch
 from . import derive as _d
 from .derive import StepFunctionError
 from .layout import as_time_dense, new_output
+from .ops import first_order
 from .reference import compute_dtype
 
 __all__ = ["MultiStateEquation", "multistate_from_step", "multistate_reference", "multistate_neuron",
@@ -821,8 +822,9 @@ def _backward(ctx, grad_out, _gh, _gc, _gs):
     need_gx, need_gsc, need_gp = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.has_g, ctx.needs_input_grad[2]
     gx, gsc, gp = multistate_backward(go, x, H, sc, P, S, ctx.spec, ctx.impl, ctx.v_threshold, ctx.v_reset, ctx.alpha,
                                       need_gx, need_gsc, need_gp, ctx.x_dtype, ctx.sc_dtype)
-    return ((gx if need_gx else None), (gsc if need_gsc else None), (gp if need_gp else None),
-            None, None, None, None, None, None, None, None, None)
+    gx, gsc, gp = first_order(gx if need_gx else None, gsc if need_gsc else None, gp if need_gp else None,
+                              device=H.device)
+    return gx, gsc, gp, None, None, None, None, None, None, None, None, None
 
 
 multistate_forward.register_autograd(_backward, setup_context=_setup_context)

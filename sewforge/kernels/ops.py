@@ -126,10 +126,18 @@ def _backward(ctx, grad_out, _gh, _gvt, _gcount):
     gx = gx if need_gx else None
     gsc = grad_out.to(ctx.out_dtype) if pass_on else (gsc if need_gsc else None)
     gp = gp if need_gp else None
-    if torch.is_grad_enabled():  # create_graph=True: the kernels' gradients have no derivative
-        anchor = torch.zeros(0, device=h.device, requires_grad=True)
-        gx, gsc, gp = (_NotTwiceDifferentiable.apply(t, anchor) if t is not None else None for t in (gx, gsc, gp))
+    gx, gsc, gp = first_order(gx, gsc, gp, device=h.device)
     return gx, gsc, gp, None, None, None, None, None, None, None, None, None
+
+
+def first_order(*grads: Optional[Tensor], device: torch.device) -> Tuple[Optional[Tensor], ...]:
+    """The gradients a fused backward computed, marked (under create_graph=True) so that
+    differentiating them again raises a clear error instead of failing inside autograd or treating
+    them as constants: the kernels' gradients have no derivative."""
+    if not torch.is_grad_enabled():
+        return grads
+    anchor = torch.zeros(0, device=device, requires_grad=True)
+    return tuple(_NotTwiceDifferentiable.apply(t, anchor) if t is not None else None for t in grads)
 
 
 neuron_forward.register_autograd(_backward, setup_context=_setup_context)
