@@ -6,6 +6,9 @@ folding T into the batch, ``[T, B, ...] -> [T*B, ...]``, which is both the faste
 and what the paper does: batch-norm statistics are taken over T*B jointly (PAPER_NOTES, "DVS
 networks"). Neurons are not folded; they loop over T themselves.
 
+Convolutions of the networks are :class:`Conv2d`: a ``torch.nn.Conv2d`` that runs event-driven on a
+sparse spike input (see :mod:`sewforge.kernels.spikeconv`).
+
 With ``channels_last=True`` a network keeps every step of ``[T, B, C, H, W]`` in channels_last
 layout (:func:`steps_channels_last`); folding T*B is then still a view, so the folded layers see
 a channels_last ``[T*B, C, H, W]``.
@@ -17,9 +20,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .kernels.spikeconv import spike_conv2d
 from .memory import mark_spikes, pool_spikes, spike_kind
 
-__all__ = ["SeqFold", "seq_fold", "steps_channels_last", "repeat_steps", "SharedDropout", "FeaturePool"]
+__all__ = ["SeqFold", "seq_fold", "steps_channels_last", "repeat_steps", "SharedDropout", "FeaturePool", "Conv2d"]
 
 #: layers whose output holds values of their input only (max pooling, reshaping): spikes stay spikes
 _KEEPS_VALUES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
@@ -62,6 +66,22 @@ def seq_fold(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
     return y.unflatten(0, (steps, batch))
 
 
+class Conv2d(nn.Conv2d):
+    """``torch.nn.Conv2d`` (same parameters, state dict and hooks) that runs event-driven when its
+    input is marked spikes (:func:`sewforge.memory.spike_kind`) in channels_last layout on the CPU
+    and sparse enough to gain by it (:func:`sewforge.kernels.spikeconv.spike_conv2d`); everything
+    else runs the dense convolution. Results equal the dense ones up to the order of the sums."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+        kind = None
+        if self.padding_mode == "zeros" and self.groups == 1 and not torch.compiler.is_compiling():
+            kind = spike_kind(input)
+        if kind is None:
+            return super()._conv_forward(input, weight, bias)
+        return spike_conv2d(input, weight, bias, self.stride, self.padding, self.dilation, binary=kind == "binary",
+                            dense=lambda: super(Conv2d, self)._conv_forward(input, weight, bias))
+
+
 def _is_steps_channels_last(x: torch.Tensor) -> bool:
     if x.shape[1] > 1 and x.shape[0] > 1 and x.stride(0) != x.shape[1] * x.stride(1):
         return False
@@ -85,14 +105,31 @@ def steps_channels_last(x: torch.Tensor, option: str = "channels_last") -> torch
 
 def repeat_steps(x: torch.Tensor, steps: int, channels_last: bool = False) -> torch.Tensor:
     """A static ``x = [B, ...]`` repeated over ``steps``: ``[steps, B, ...]``, every step in
-    channels_last layout when asked (``x`` must then be ``[B, C, H, W]``)."""
-    rep = x.unsqueeze(0).expand(steps, *x.shape)
-    if not channels_last:
-        return rep.contiguous()
-    if x.dim() != 4:
+    channels_last layout when asked (``x`` must then be ``[B, C, H, W]``). Its gradient is the sum
+    over the steps (one reduction, no full-size copy of the incoming gradient)."""
+    if channels_last and x.dim() != 4:
         raise ValueError(f"channels_last=True needs image steps [B, C, H, W] (4-D per step), got shape "
                          f"{tuple(x.shape)}; set channels_last=False for this input")
-    return steps_channels_last(rep)
+    return _RepeatSteps.apply(x, steps, channels_last)
+
+
+class _RepeatSteps(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, steps: int, channels_last: bool) -> torch.Tensor:  # type: ignore[override]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty((steps, *x.shape), dtype=x.dtype, device=x.device)
+        if channels_last:
+            out = torch.empty((steps * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device,
+                              memory_format=fmt).unflatten(0, (steps, x.shape[0]))
+        src = x.contiguous(memory_format=fmt)
+        for t in range(steps):  # each step a copy between equal layouts
+            out[t].copy_(src)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad.sum(0), None, None
 
 
 def _name(module: object) -> str:

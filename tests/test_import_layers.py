@@ -3,9 +3,9 @@
 The layers, lowest first (a module may import from its own subpackage and from any layer below):
 
     utilities   checks (suggestions, number checks), then registry, _triton, fileio, memory, _version,
-                then layers (T*B folding) and jit (public Triton helpers)
+                then jit (public Triton helpers)
     surrogates, elementwise      the element-wise functions of the kernels
-    kernels -> neurons -> blocks -> spec (parser, graph, builder) -> models (the zoo)
+    kernels -> layers (T*B folding, the spike-aware convolution) -> neurons -> blocks -> spec (parser, graph, builder) -> models (the zoo)
     data                         data sets and data transforms
     train                        the trainer (recipes, checkpoints, the loop)
     analysis, interop, testing   use models, data and the trainer as libraries; not each other
@@ -30,7 +30,7 @@ ROOT = Path(sewforge.__file__).parent
 
 RANKS = {
     "registry": 0, "_triton": 0, "fileio": 0, "memory": 0, "_version": 0, "checks": -1,
-    "layers": 1, "jit": 1,
+    "jit": 1, "layers": 3.5,
     "surrogates": 2, "elementwise": 2,
     "kernels": 3, "neurons": 4, "blocks": 5, "spec": 6, "models": 7,
     "data": 8, "train": 9,

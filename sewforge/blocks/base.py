@@ -16,7 +16,7 @@ from torch import nn
 
 from ..checks import positive_int
 from ..elementwise import ElementwiseFunction, create_elementwise
-from ..layers import seq_fold
+from ..layers import Conv2d, seq_fold
 from ..memory import combined_bound, mark_spikes, recompute_chain, recomputes_bn_neuron, spike_kind
 from ..neurons import BaseNeuron, check_neuron_module, create_neuron, neuron_needs_channels
 from ..registry import ELEMENTWISE
@@ -140,7 +140,7 @@ class ResidualBlock(nn.Module):
         return check_neuron_module(self._neuron_factory(**kw), type(self).__name__)
 
     def conv(self, cin: int, cout: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-        return nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
+        return Conv2d(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
                          bias=False)
 
     def _add_shortcut(self) -> None:

@@ -394,26 +394,36 @@ _POOL_SIZE = 0
 _POOL_PID = 0  # a forked child has the pool object but not its threads: it makes its own
 
 
-def _run_chunks(fn, n: int, threads: int, make_args, width: int = 1) -> List[List[float]]:
-    """Call ``fn(*make_args(start, stop, slot))`` over ``[0, n)`` split among ``threads``; each
-    call's ``slot`` points at ``width`` doubles of its own, returned per chunk."""
+def run_parallel(fn, bounds: List[Tuple[int, int]], make_args) -> None:
+    """Call ``fn(*make_args(start, stop, i))`` for each ``(start, stop)`` of ``bounds`` (the i-th),
+    on the kernels' thread pool when there are several (ctypes releases the GIL)."""
     global _POOL, _POOL_SIZE, _POOL_PID
-    # chunks of whole blocks, at least ~64K neurons each: hand-offs cost more than they save below that
-    chunks = max(1, min(threads, n // (1 << 16)))
-    results = (ctypes.c_double * (chunks * width))()
-    if chunks == 1:
-        fn(*make_args(0, n, ctypes.byref(results, 0)))
-        return [list(results[:width])]
-    per = -(-n // chunks)
-    per = -(-per // _BLOCK) * _BLOCK
-    bounds = [(i * per, min(n, (i + 1) * per)) for i in range(chunks) if i * per < n]
+    if len(bounds) == 1:
+        fn(*make_args(*bounds[0], 0))
+        return
     if _POOL is None or _POOL_SIZE < len(bounds) or _POOL_PID != os.getpid():
         _POOL = ThreadPoolExecutor(max_workers=len(bounds), thread_name_prefix="sewforge-cpu")
         _POOL_SIZE, _POOL_PID = len(bounds), os.getpid()
-    futures = [_POOL.submit(fn, *make_args(a, b, ctypes.byref(results, 8 * width * i)))
-               for i, (a, b) in enumerate(bounds)]
+    futures = [_POOL.submit(fn, *make_args(a, b, i)) for i, (a, b) in enumerate(bounds)]
     for f in futures:
         f.result()
+
+
+def split(n: int, chunks: int, align: int = 1) -> List[Tuple[int, int]]:
+    """``[0, n)`` as at most ``chunks`` contiguous ranges, each a multiple of ``align`` but the last."""
+    chunks = max(1, min(chunks, n))
+    per = -(-n // chunks)
+    per = -(-per // align) * align
+    return [(i * per, min(n, (i + 1) * per)) for i in range(chunks) if i * per < n] or [(0, n)]
+
+
+def _run_chunks(fn, n: int, threads: int, make_args, width: int = 1) -> List[List[float]]:
+    """Call ``fn(*make_args(start, stop, slot))`` over ``[0, n)`` split among ``threads``; each
+    call's ``slot`` points at ``width`` doubles of its own, returned per chunk."""
+    # chunks of whole blocks, at least ~64K neurons each: hand-offs cost more than they save below that
+    bounds = split(n, max(1, min(threads, n // (1 << 16))), _BLOCK)
+    results = (ctypes.c_double * (len(bounds) * width))()
+    run_parallel(fn, bounds, lambda a, b, i: make_args(a, b, ctypes.byref(results, 8 * width * i)))
     return [list(results[width * i:width * (i + 1)]) for i in range(len(bounds))]
 
 

@@ -130,14 +130,20 @@ def _backward(ctx, grad_out, _gh, _gvt, _gcount):
     return gx, gsc, gp, None, None, None, None, None, None, None, None, None
 
 
-def first_order(*grads: Optional[Tensor], device: torch.device) -> Tuple[Optional[Tensor], ...]:
+#: what differentiating a fused neuron op's gradients raises
+TWICE_NEURON = ("sewforge's fused neuron op cannot differentiate twice through its own backward (create_graph=True, "
+                "e.g. a gradient penalty); use backend='torch' (SEWFORGE_BACKEND=torch) for higher-order gradients")
+
+
+def first_order(*grads: Optional[Tensor], device: torch.device, message: str = TWICE_NEURON
+                ) -> Tuple[Optional[Tensor], ...]:
     """The gradients a fused backward computed, marked (under create_graph=True) so that
-    differentiating them again raises a clear error instead of failing inside autograd or treating
+    differentiating them again raises ``message`` instead of failing inside autograd or treating
     them as constants: the kernels' gradients have no derivative."""
     if not torch.is_grad_enabled():
         return grads
     anchor = torch.zeros(0, device=device, requires_grad=True)
-    return tuple(_NotTwiceDifferentiable.apply(t, anchor) if t is not None else None for t in grads)
+    return tuple(_NotTwiceDifferentiable.apply(t, anchor, message) if t is not None else None for t in grads)
 
 
 neuron_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -147,15 +153,13 @@ class _NotTwiceDifferentiable(torch.autograd.Function):
     than silently treating it as a constant, as a plain kernel output would be)."""
 
     @staticmethod
-    def forward(ctx, grad, anchor):  # type: ignore[override]
+    def forward(ctx, grad, anchor, message):  # type: ignore[override]
+        ctx.message = message
         return grad.clone()
 
     @staticmethod
     def backward(ctx, _grad):  # type: ignore[override]
-        raise RuntimeError(
-            "sewforge's fused neuron op cannot differentiate twice through its own backward "
-            "(create_graph=True, e.g. a gradient penalty); use backend='torch' (SEWFORGE_BACKEND=torch) "
-            "for higher-order gradients")
+        raise RuntimeError(ctx.message)
 
 
 def fused_neuron(x: Tensor, spec: str, how: str, params: Tensor, alpha: float, v_threshold: float,

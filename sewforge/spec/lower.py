@@ -9,7 +9,7 @@ from typing import Any, List, Sequence, Tuple
 
 from torch import nn
 
-from ..layers import FeaturePool, SeqFold, SharedDropout
+from ..layers import Conv2d, FeaturePool, SeqFold, SharedDropout
 from ..neurons import create_neuron, neuron_needs_channels
 from ..registry import BLOCKS, NEURONS, SURROGATES
 from .errors import SpecError, close_matches, located
@@ -115,7 +115,7 @@ def _lower_one(spec: Spec, node: Any, neuron: Any, shape: Shape, nxt: Any, *, fu
         oh = _conv_out(spec, node, h, node.kernel, node.stride, node.pad, dims)
         ow = _conv_out(spec, node, w, node.kernel, node.stride, node.pad, dims)
         bias = node.bias if node.bias is not None else not isinstance(nxt, BatchNorm)
-        conv = nn.Conv2d(c, node.channels, node.kernel, node.stride, node.pad, bias=bias)
+        conv = Conv2d(c, node.channels, node.kernel, node.stride, node.pad, bias=bias)
         return "conv", SeqFold(conv), (node.channels, oh, ow)
     if isinstance(node, BatchNorm):
         kw = dict(node.kwargs)

@@ -1,0 +1,211 @@
+"""Event-driven convolution of sparse spikes (CPU): the same outputs and gradients as PyTorch's
+dense convolution, taken only where it applies, and transparent to networks, hooks and analyses."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+import sewforge
+from sewforge.kernels import spikeconv
+from sewforge.layers import Conv2d
+from sewforge.memory import mark_spikes
+
+pytestmark = pytest.mark.skipif(not spikeconv.available(), reason="no working C compiler: the convolution runs dense")
+
+CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_layers_too():
+    """The tests' layers are small: let them run event-driven (the size rule is tested on its own)."""
+    old, spikeconv.MIN_POSITIONS = spikeconv.MIN_POSITIONS, 1
+    yield
+    spikeconv.MIN_POSITIONS = old
+
+
+def spikes(shape, density, *, binary=True, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(shape, generator=g) < density).to(dtype)
+    if not binary:  # a SEW ADD output: small integers
+        x = x * torch.randint(1, 4, shape, generator=g).to(dtype)
+    return x.contiguous(memory_format=CL)
+
+
+def event_driven_ran(y: torch.Tensor) -> bool:
+    return type(y.grad_fn).__name__.startswith("_SpikeConv2d")
+
+
+def check_against_dense(x, w, b, stride, padding, dilation, *, binary, rtol=1e-12, atol=1e-12, same_bits=False):
+    x = x.detach().requires_grad_(True)
+    w = w.detach().requires_grad_(True)
+    b = b.detach().requires_grad_(True) if b is not None else None
+    y = spikeconv.spike_conv2d(x, w, b, stride, padding, dilation, binary=binary)
+    # a tensor that is contiguous in both layouts (one channel, or one pixel) has no known layout;
+    # above the density limit, and for kernels that reach few outputs per input, dense is faster
+    sparse = int((x != 0).sum()) <= spikeconv.DENSITY_LIMIT * x.numel()
+    reach = w.shape[2] * w.shape[3] >= 2 * stride * stride
+    assert event_driven_ran(y) == (sparse and reach and not x.is_contiguous())
+    xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    br = b.detach().requires_grad_(True) if b is not None else None
+    ref = F.conv2d(xr, wr, br, stride, padding, dilation)
+    assert y.shape == ref.shape and y.dtype == ref.dtype
+    assert y.is_contiguous(memory_format=CL) or not event_driven_ran(y)
+    torch.testing.assert_close(y, ref, rtol=rtol, atol=atol)
+    gy = torch.randn_like(ref)
+    got = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], gy)
+    want = torch.autograd.grad(ref, [t for t in (xr, wr, br) if t is not None], gy)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, rtol=rtol, atol=atol)
+    assert got[0].is_contiguous(memory_format=CL) or not event_driven_ran(y)
+    if same_bits:  # the input's gradient is PyTorch's own transposed convolution: the dense one's bits
+        assert torch.equal(got[0], want[0])
+
+
+@settings(max_examples=40)
+@given(n=st.integers(1, 3), c=st.sampled_from([2, 5, 64, 70]), hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+       co=st.sampled_from([1, 3, 8]), k=st.sampled_from([1, 2, 3]), stride=st.sampled_from([1, 2, 3]),
+       padding=st.integers(0, 2), dilation=st.sampled_from([1, 2]), density=st.sampled_from([0.0, 0.05, 0.2]),
+       binary=st.booleans(), bias=st.booleans(), seed=st.integers(0, 3))
+def test_matches_dense_convolution_and_its_gradients(n, c, hw, co, k, stride, padding, dilation, density, binary,
+                                                     bias, seed):
+    h, w_ = hw
+    if (h + 2 * padding - dilation * (k - 1) - 1) < 0 or (w_ + 2 * padding - dilation * (k - 1) - 1) < 0:
+        return  # no output pixel: the dense convolution's own error (tested below)
+    x = spikes((n, c, h, w_), density, binary=binary, seed=seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    w = torch.randn(co, c, k, k, dtype=torch.float64, generator=g)
+    b = torch.randn(co, dtype=torch.float64, generator=g) if bias else None
+    check_against_dense(x, w, b, stride, padding, dilation, binary=binary)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_float32_on_a_7b_net_layer_within_float_rounding(binary):
+    x = spikes((4, 32, 32, 32), 0.04, binary=binary, dtype=torch.float32)
+    w = torch.randn(32, 32, 3, 3).contiguous(memory_format=CL) * 0.1
+    check_against_dense(x, w, None, 1, 1, 1, binary=binary, rtol=1e-4, atol=1e-4, same_bits=True)
+
+
+def test_hand_computed_values():
+    # one active input at (row 1, col 2) of a 3x4 image, 3x3 kernel, padding 1: each output around it
+    # gets the one weight tap that reaches it; with value 2 (an ADD output) twice that
+    x = torch.zeros(1, 2, 3, 4, dtype=torch.float64)  # (channel 1 silent: two channels give a layout)
+    x[0, 0, 1, 2] = 2.0
+    w = torch.cat([torch.arange(9.0), torch.full((9,), 100.0)]).to(torch.float64).view(1, 2, 3, 3)
+    y = spikeconv.spike_conv2d(x.contiguous(memory_format=CL).requires_grad_(), w, None, 1, 1, 1, binary=False)
+    # output (i, j) sees input (1, 2) at tap (1 - i + 1, 2 - j + 1)
+    want = torch.zeros(3, 4, dtype=torch.float64)
+    for i in range(3):
+        for j in range(4):
+            kh, kw = 1 - i + 1, 2 - j + 1
+            if 0 <= kh < 3 and 0 <= kw < 3:
+                want[i, j] = 2.0 * (3 * kh + kw)
+    assert event_driven_ran(y)
+    assert torch.equal(y[0, 0], want)
+
+
+def test_several_threads_give_the_one_thread_weight_gradient():
+    x = spikes((6, 16, 12, 12), 0.1)
+    w = torch.randn(8, 16, 3, 3, dtype=torch.float64)
+    gy = torch.randn(6, 8, 12, 12, dtype=torch.float64).contiguous(memory_format=CL)
+    grads = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            wr = w.clone().requires_grad_(True)
+            y = spikeconv.spike_conv2d(x, wr, None, 1, 1, 1, binary=True)
+            assert event_driven_ran(y)
+            grads.append(torch.autograd.grad(y, wr, gy)[0])
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["dense input", "NCHW layout", "float16", "groups", "env off", "no output",
+                                  "1x1 kernel", "few positions"])
+def test_runs_dense_where_event_driven_does_not_apply(case, monkeypatch):
+    x = spikes((2, 4, 8, 8), 0.1, dtype=torch.float32)
+    w = torch.randn(6, 4, 3, 3)
+    kw = dict(stride=1, padding=1, dilation=1)
+    if case == "dense input":
+        x = spikes((2, 4, 8, 8), 0.9, dtype=torch.float32)
+    elif case == "NCHW layout":
+        x = x.contiguous()
+    elif case == "float16":
+        x, w = x.half(), w.half()
+    elif case == "env off":
+        monkeypatch.setenv("SEWFORGE_SPIKE_CONV", "dense")
+    elif case == "1x1 kernel":
+        w, kw = torch.randn(6, 4, 1, 1), dict(stride=1, padding=0, dilation=1)
+    elif case == "few positions":  # 2 x 8 x 8 outputs: the weight's transposes would not pay
+        monkeypatch.setattr(spikeconv, "MIN_POSITIONS", 2 * 8 * 8 + 1)
+    elif case == "no output":
+        x = spikes((2, 4, 2, 2), 0.1, dtype=torch.float32)
+        kw = dict(stride=1, padding=0, dilation=1)
+        with pytest.raises(RuntimeError):  # PyTorch's own message about the kernel size
+            spikeconv.spike_conv2d(x.requires_grad_(), w, None, **kw, binary=True)
+        return
+    if case == "groups":
+        layer = Conv2d(4, 6, 3, padding=1, groups=2, bias=False)
+        y = layer(mark_spikes(x.requires_grad_(), binary=True))
+    else:
+        y = spikeconv.spike_conv2d(x.requires_grad_(), w, None, **kw, binary=True)
+    assert not event_driven_ran(y)
+    if case != "groups":
+        torch.testing.assert_close(y, F.conv2d(x, w, None, **kw))
+
+
+def test_layer_takes_marked_spikes_only_and_keeps_hooks():
+    layer = Conv2d(8, 4, 3, padding=1, bias=True).double()
+    seen = []
+    layer.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = spikes((2, 8, 10, 10), 0.1).requires_grad_(True)
+    assert not event_driven_ran(layer(x))  # not marked: nothing says it is sparse
+    y = layer(mark_spikes(x, binary=True))
+    assert event_driven_ran(y)
+    assert len(seen) == 2
+    assert isinstance(layer, nn.Conv2d)
+    plain = nn.Conv2d(8, 4, 3, padding=1).double()
+    plain.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(y, plain(x), rtol=1e-12, atol=1e-12)
+
+
+def test_double_backward_is_refused_clearly():
+    x = spikes((1, 2, 8, 8), 0.1).requires_grad_(True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=True)
+    assert event_driven_ran(y)
+    (gw,) = torch.autograd.grad(y.sum(), w, create_graph=True)
+    with pytest.raises(RuntimeError, match="SEWFORGE_SPIKE_CONV=dense"):
+        gw.sum().backward()
+
+
+def test_network_gives_the_dense_networks_outputs_and_gradients(monkeypatch):
+    """A channels_last 7B-Net-like network: the event-driven convolutions (most of its layers fire
+    sparsely at initialisation) against the same network with every convolution dense."""
+    torch.manual_seed(0)
+    spec = "c8k3s1-BN-PLIF-{SEW Block (c8)-MPk2s2}*2-FC5"
+    net = sewforge.build(spec, input_shape=(2, 16, 16), T=4, channels_last=True).double()
+    x = (torch.rand(4, 2, 2, 16, 16) < 0.2).double()
+    ran = []
+    orig = spikeconv._SpikeConv2d.apply
+
+    def counting(*args):
+        ran.append(args[0].shape)
+        return orig(*args)
+
+    monkeypatch.setattr(spikeconv._SpikeConv2d, "apply", counting)
+    out = net(x)
+    grads = torch.autograd.grad(out.sum(), list(net.parameters()))
+    assert len(ran) >= 2
+    monkeypatch.setenv("SEWFORGE_SPIKE_CONV", "dense")
+    ran.clear()
+    dense = net(x)
+    dense_grads = torch.autograd.grad(dense.sum(), list(net.parameters()))
+    assert not ran
+    torch.testing.assert_close(out, dense, rtol=1e-9, atol=1e-9)
+    for a, b in zip(grads, dense_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
