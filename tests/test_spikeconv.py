@@ -209,3 +209,18 @@ def test_network_gives_the_dense_networks_outputs_and_gradients(monkeypatch):
     torch.testing.assert_close(out, dense, rtol=1e-9, atol=1e-9)
     for a, b in zip(grads, dense_grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_keeps_one_bit_per_binary_spike_for_backward(binary):
+    """Binary spikes are kept as their mask only (1 bit per element for up to 32 channels); a SEW
+    output's integers keep the input as well (stored as by the networks' compact memory)."""
+    x = spikes((2, 32, 16, 16), 0.05, binary=binary, dtype=torch.float32).requires_grad_(True)
+    w = torch.randn(8, 32, 3, 3, requires_grad=True)
+    y = spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=binary)
+    assert event_driven_ran(y)
+    saved = [t for t in y.grad_fn.saved_tensors if t is not None]
+    masks = [t for t in saved if t.dtype == torch.int32]
+    assert len(masks) == 1 and masks[0].numel() * 32 == x.numel()
+    inputs = [t for t in saved if t.dtype == torch.float32 and t.shape == x.shape]
+    assert len(inputs) == (0 if binary else 1)

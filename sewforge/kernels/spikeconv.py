@@ -294,8 +294,8 @@ class _SpikeConv2d(torch.autograd.Function):
             # the input's values do not matter to its gradient: a stand-in of its shape holding one
             # element, and the weight in channels_last, as the dense path does for a channels_last input
             gx = torch.ops.aten.convolution_backward(
-                gy, gy.new_empty(1).expand(ctx.shape), weight.contiguous(memory_format=torch.channels_last), None, list(geo.stride), list(geo.padding),
-                list(geo.dilation), False, [0, 0], 1, [True, False, False])[0]
+                gy, gy.new_empty(1).expand(ctx.shape), weight.contiguous(memory_format=torch.channels_last), None,
+                list(geo.stride), list(geo.padding), list(geo.dilation), False, [0, 0], 1, [True, False, False])[0]
             gx = gx.contiguous(memory_format=torch.channels_last)  # (a 1x1 weight leaves it open)
         if ctx.needs_input_grad[1]:
             OH, OW = gy.shape[2:]
