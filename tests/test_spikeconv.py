@@ -2,6 +2,8 @@
 dense convolution, taken only where it applies, and transparent to networks, hooks and analyses."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -224,3 +226,23 @@ def test_keeps_one_bit_per_binary_spike_for_backward(binary):
     assert len(masks) == 1 and masks[0].numel() * 32 == x.numel()
     inputs = [t for t in saved if t.dtype == torch.float32 and t.shape == x.shape]
     assert len(inputs) == (0 if binary else 1)
+
+
+@pytest.mark.parametrize("compiler", [None, "/bin/false"])
+def test_without_a_working_compiler_runs_dense_after_one_warning(monkeypatch, tmp_path, compiler):
+    from sewforge.kernels import cpu
+    monkeypatch.setattr(cpu, "_compiler", lambda: compiler)
+    monkeypatch.setattr(cpu, "_BROKEN", {})
+    monkeypatch.setattr(cpu, "_WARNED", [])
+    monkeypatch.setattr(spikeconv, "_LIBS", {})
+    monkeypatch.setenv("SEWFORGE_KERNEL_CACHE", str(tmp_path))
+    x = spikes((2, 4, 8, 8), 0.1, dtype=torch.float32).requires_grad_(True)
+    w = torch.randn(6, 4, 3, 3)
+    with pytest.warns(RuntimeWarning, match="no C compiler found" if compiler is None else "failed"):
+        y = spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=True)
+    assert not event_driven_ran(y)
+    torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=True)
+    assert not list(tmp_path.glob("*.so"))

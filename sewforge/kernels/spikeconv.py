@@ -25,6 +25,7 @@ import threading
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+from . import cpu
 from .cpu import build_library, run_parallel, split
 from .ops import first_order
 
@@ -174,6 +175,10 @@ def _library(geo: ConvGeometry) -> Optional[ctypes.CDLL]:
     if geo in _LIBS:
         return _LIBS[geo]
     with _LOCK:
+        if geo not in _LIBS and cpu._compiler() is None:
+            cpu._warn_once("sewforge: no C compiler found (set CC or install gcc); convolutions of spikes run "
+                           "dense (slower)")
+            _LIBS[geo] = None
         if geo not in _LIBS:
             source = _HEADER.format(real=_REAL[geo.dtype], co=geo.out_channels, kh=geo.kernel[0], kw=geo.kernel[1],
                                     sh=geo.stride[0], sw=geo.stride[1], ph=geo.padding[0], pw=geo.padding[1],
