@@ -9,6 +9,11 @@ shortcut), so it is checked before it is stored compactly.
   as 1 byte per element when its values are integers in [0, 255] (1 bit when they are all 0/1),
   anything else as it is. Unpacking restores dtype, shape and strides (channels_last stays so)
   bit for bit.
+* A tensor that is cheap to compute again from what autograd keeps anyway (the output of an
+  event-driven convolution of spikes, rebuilt from the spikes' bit mask that the convolution keeps
+  for its weight gradient) carries how (:func:`mark_recomputable`): :class:`compact_spikes` keeps
+  that instead of the tensor (a batch norm's fp32 input) and builds it again, bit for bit, when the
+  backward pass needs it.
 * :func:`recompute`: run a residual block keeping only its (compacted) input for backward and
   run it again in backward (``torch.utils.checkpoint``, non-reentrant). Batch-norm running
   statistics, the state of ``stateful`` neurons and their spike counts are left as the first
@@ -35,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["mark_spikes", "spike_kind", "combined_bound", "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved", "pool_spikes",
-           "unpack_saved", "PackedSpikes", "recompute", "memory_context", "recompute_chain", "recomputes_bn_neuron",
-           "segments", "THIN_CONV", "thin_conv"]
+__all__ = ["mark_spikes", "spike_kind", "mark_recomputable", "Recomputable", "combined_bound",
+           "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved", "pool_spikes",
+           "unpack_saved", "PackedSpikes", "recompute", "memory_context", "recompute_chain",
+           "recomputes_bn_neuron", "segments", "THIN_CONV", "thin_conv"]
 
 _ATTR = "_sewforge_spikes"
 
@@ -129,6 +135,45 @@ class PackedSpikes:
     def __repr__(self) -> str:
         return (f"PackedSpikes({tuple(self.shape)}, {self.dtype}, {'1 bit' if self.bits else '1 byte'} per element, "
                 f"{self.nbytes} bytes)")
+
+
+_REBUILD = "_sewforge_rebuild"
+
+
+class Recomputable:
+    """What autograd keeps instead of a tensor marked by :func:`mark_recomputable`: the function
+    that builds it again, and the view (shape, strides, offset) that was saved."""
+
+    __slots__ = ("rebuild", "shape", "stride", "offset")
+
+    def __init__(self, rebuild: Callable[[], torch.Tensor], like: torch.Tensor):
+        self.rebuild = rebuild
+        self.shape, self.stride, self.offset = like.shape, like.stride(), like.storage_offset()
+
+    def __call__(self) -> torch.Tensor:
+        full = self.rebuild()
+        return full.as_strided(self.shape, self.stride, self.offset)
+
+
+def mark_recomputable(t: torch.Tensor, rebuild: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Say that ``rebuild()`` returns ``t`` again, bit for bit (same shape, strides and values),
+    from what it holds (kept for backward anyway). While :class:`compact_spikes` records, saving
+    ``t`` (or a view of it) for backward keeps ``rebuild`` instead, as long as ``t`` was not
+    modified in place since it was marked. Not under ``torch.compile``."""
+    if not _compiling():
+        try:
+            setattr(t, _REBUILD, (rebuild, t._version))
+        except (AttributeError, RuntimeError):
+            pass
+    return t
+
+
+def _recomputable(t: torch.Tensor) -> Optional[Recomputable]:
+    root = t._base if t._base is not None else t
+    mark = getattr(root, _REBUILD, None)
+    if mark is None or mark[1] != root._version:
+        return None
+    return Recomputable(mark[0], t)
 
 
 def _memory_order(t: torch.Tensor) -> Optional[List[int]]:
@@ -240,7 +285,11 @@ def pack_saved(t: torch.Tensor) -> Any:
 
 
 def unpack_saved(packed: Any) -> Any:
-    """The unpack hook of :class:`compact_spikes`: the tensor :func:`pack_saved` was given."""
+    """The unpack hook of :class:`compact_spikes`: the tensor :func:`pack_saved` was given (or
+    that a :class:`Recomputable` builds again)."""
+    if isinstance(packed, Recomputable):
+        with torch.no_grad():
+            return packed()
     if not isinstance(packed, PackedSpikes):
         return packed
     with torch.no_grad():
@@ -264,7 +313,12 @@ class compact_spikes(torch.autograd.graph.saved_tensors_hooks):
         super().__init__(self._pack, unpack_saved)
 
     def _pack(self, t: torch.Tensor) -> Any:
-        if not isinstance(t, torch.Tensor) or spike_kind(t) is None:
+        if not isinstance(t, torch.Tensor):
+            return t
+        again = _recomputable(t)
+        if again is not None:
+            return again
+        if spike_kind(t) is None:
             return t
         root = t._base if t._base is not None else t
         # a dense tensor's values in memory order depend on its offset and size only: a block

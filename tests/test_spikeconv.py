@@ -13,7 +13,7 @@ from torch import nn
 import sewforge
 from sewforge.kernels import spikeconv
 from sewforge.layers import Conv2d
-from sewforge.memory import mark_spikes
+from sewforge.memory import PackedSpikes, Recomputable, compact_spikes, mark_spikes
 
 pytestmark = pytest.mark.skipif(not spikeconv.available(), reason="no working C compiler: the convolution runs dense")
 
@@ -218,14 +218,18 @@ def test_keeps_one_bit_per_binary_spike_for_backward(binary):
     """Binary spikes are kept as their mask only (1 bit per element for up to 32 channels); a SEW
     output's integers keep the input as well (stored as by the networks' compact memory)."""
     x = spikes((2, 32, 16, 16), 0.05, binary=binary, dtype=torch.float32).requires_grad_(True)
+    mark_spikes(x, binary=binary, bound=None if binary else 3)
     w = torch.randn(8, 32, 3, 3, requires_grad=True)
     y = spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=binary)
     assert event_driven_ran(y)
     saved = [t for t in y.grad_fn.saved_tensors if t is not None]
     masks = [t for t in saved if t.dtype == torch.int32]
     assert len(masks) == 1 and masks[0].numel() * 32 == x.numel()
-    inputs = [t for t in saved if t.dtype == torch.float32 and t.shape == x.shape]
-    assert len(inputs) == (0 if binary else 1)
+    assert not [t for t in saved if t.shape == x.shape]
+    if binary:
+        assert y.grad_fn.kept is None
+    else:
+        assert isinstance(y.grad_fn.kept, PackedSpikes) and y.grad_fn.kept.nbytes == x.numel()
 
 
 @pytest.mark.parametrize("compiler", [None, "/bin/false"])
@@ -246,3 +250,58 @@ def test_without_a_working_compiler_runs_dense_after_one_warning(monkeypatch, tm
         warnings.simplefilter("error")
         spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=True)
     assert not list(tmp_path.glob("*.so"))
+
+
+class _Recording(compact_spikes):
+    """The networks' compact memory, listing what it keeps for each saved tensor."""
+
+    def __init__(self):
+        self.kept = []
+        super().__init__()
+
+    def _pack(self, t):
+        out = super()._pack(t)
+        self.kept.append(out)
+        return out
+
+
+def _bn_after_event_driven_conv(binary=True):
+    """A convolution of spikes feeding a batch norm, recorded under the networks' compact memory:
+    ``(x, conv, bn, y, kept)``."""
+    torch.manual_seed(0)
+    conv = Conv2d(16, 8, 3, padding=1, bias=False).double().to(memory_format=CL)
+    bn = nn.BatchNorm2d(8).double()
+    x = mark_spikes(spikes((4, 16, 12, 12), 0.05, binary=binary).requires_grad_(True), binary=binary,
+                    bound=None if binary else 3)
+    memory = _Recording()
+    with memory:
+        y = bn(conv(x))
+    return x, conv, bn, y, memory.kept
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_batch_norm_input_is_rebuilt_from_the_spikes_bit_for_bit(binary):
+    x, conv, bn, y, kept = _bn_after_event_driven_conv(binary)
+    rebuilt = [k for k in kept if isinstance(k, Recomputable)]
+    assert len(rebuilt) == 1  # the batch norm's fp32 input is not kept ...
+    assert not [k for k in kept if isinstance(k, torch.Tensor) and k.shape == (4, 8, 12, 12)]
+    with torch.no_grad():  # ... it is built again, the same bits as the first forward
+        again = rebuilt[0]()
+        first = F.conv2d(x.detach(), conv.weight, None, 1, 1)
+    torch.testing.assert_close(again, first, rtol=1e-12, atol=1e-12)
+    assert torch.equal(again, spikeconv.spike_conv2d(x.detach(), conv.weight.detach(), None, 1, 1, 1, binary=binary))
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, conv.weight), gy)
+    xr, wr = x.detach().requires_grad_(True), conv.weight.detach().requires_grad_(True)
+    ref = F.batch_norm(F.conv2d(xr, wr, None, 1, 1), None, None, bn.weight, bn.bias, training=True)
+    want = torch.autograd.grad(ref, (xr, wr), gy)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
+
+
+def test_weight_modified_between_forward_and_backward_is_named():
+    x, conv, bn, y, kept = _bn_after_event_driven_conv()
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place between the forward and the backward"):
+        y.sum().backward()

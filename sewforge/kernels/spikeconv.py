@@ -20,6 +20,7 @@ the floating-point sums. ``SEWFORGE_SPIKE_CONV=dense`` turns the event-driven pa
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
@@ -27,6 +28,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 import torch
 from . import cpu
 from .cpu import build_library, run_parallel, split
+from ..memory import mark_recomputable, pack_saved, unpack_saved
 from .ops import first_order
 
 __all__ = ["spike_conv2d", "event_driven", "available", "DENSITY_LIMIT", "MIN_POSITIONS", "ConvGeometry"]
@@ -262,7 +264,41 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     mask, active = _mask(lib, x)
     if active > DENSITY_LIMIT * x.numel():
         return dense()
-    return _SpikeConv2d.apply(x, weight, bias, mask, geo, lib)
+    recording = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                             or (bias is not None and bias.requires_grad))
+    # the values of a non-binary input, kept compactly (1 byte per SEW ADD integer) by this op itself
+    kept = pack_saved(x) if recording and not binary else None
+    if isinstance(kept, torch.Tensor):
+        kept = kept.detach()  # (not a small integer after all: kept as it is)
+    y = _SpikeConv2d.apply(x, weight, bias, mask, geo, lib, kept)
+    if recording:  # a batch norm keeping y keeps how to build it again from the mask instead
+        mark_recomputable(y, functools.partial(_rebuild, geo, lib, mask, kept, x.shape, weight, weight._version,
+                                               bias, bias._version if bias is not None else 0))
+    return y
+
+
+def _forward(geo: ConvGeometry, lib: ctypes.CDLL, x: Optional[torch.Tensor], mask: torch.Tensor, shape,
+             weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    N, C, H, W = shape
+    OH, OW = geo.output_size(H, W)
+    wt = weight.detach().permute(2, 3, 1, 0).contiguous()  # [KH, KW, C, CO]: rows of CO
+    y = torch.empty((N, geo.out_channels, OH, OW), dtype=geo.dtype, memory_format=torch.channels_last)
+    b = bias.detach().contiguous() if bias is not None else None
+    strides = x.stride() if x is not None else (0, 0, 0, 0)
+    run_parallel(lib.forward, _threads_over(N), lambda a, e, i: (
+        x.data_ptr() if x is not None else None, mask.data_ptr(), wt.data_ptr(),
+        b.data_ptr() if b is not None else None, y.data_ptr(), C, H, W, (C + 31) // 32, OH, OW, *strides, a, e))
+    return y
+
+
+def _rebuild(geo, lib, mask, kept, shape, weight, weight_version, bias, bias_version) -> torch.Tensor:
+    """The output of a forward again, bit for bit (each image is summed in the same order)."""
+    if weight._version != weight_version or (bias is not None and bias._version != bias_version):
+        raise RuntimeError("a convolution's weight or bias was modified in place between the forward and the "
+                           "backward pass; its output, needed by the backward pass, cannot be rebuilt (modify "
+                           "parameters after backward(), as optimizers do)")
+    x = unpack_saved(kept) if kept is not None else None
+    return _forward(geo, lib, x, mask, shape, weight, bias)
 
 
 _TWICE = ("sewforge's event-driven spike convolution cannot differentiate twice through its own backward "
@@ -272,25 +308,18 @@ _TWICE = ("sewforge's event-driven spike convolution cannot differentiate twice 
 class _SpikeConv2d(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mask, geo: ConvGeometry, lib):  # type: ignore[override]
-        N, C, H, W = x.shape
-        OH, OW = geo.output_size(H, W)
-        wt = weight.detach().permute(2, 3, 1, 0).contiguous()  # [KH, KW, C, CO]: rows of CO
-        y = torch.empty((N, geo.out_channels, OH, OW), dtype=x.dtype, memory_format=torch.channels_last)
-        b = bias.detach().contiguous() if bias is not None else None
-        if OH > 0 and OW > 0:
-            run_parallel(lib.forward, _threads_over(N), lambda a, e, i: (
-                x.data_ptr(), mask.data_ptr(), wt.data_ptr(), b.data_ptr() if b is not None else None, y.data_ptr(),
-                C, H, W, (C + 31) // 32, OH, OW, *x.stride(), a, e))
+    def forward(ctx, x, weight, bias, mask, geo: ConvGeometry, lib, kept):  # type: ignore[override]
+        y = _forward(geo, lib, x, mask, x.shape, weight, bias)
         ctx.geo, ctx.lib, ctx.shape = geo, lib, x.shape
         ctx.has_bias = bias is not None
-        # binary spikes are their mask: only a SEW output's integers keep the input as well
-        ctx.save_for_backward(mask, weight, None if geo.binary else x)
+        ctx.kept = kept  # binary spikes are their mask: only a SEW output's values are kept as well
+        ctx.save_for_backward(mask, weight)
         return y
 
     @staticmethod
     def backward(ctx, gy):  # type: ignore[override]
-        mask, weight, x = ctx.saved_tensors
+        mask, weight = ctx.saved_tensors
+        x = unpack_saved(ctx.kept) if ctx.kept is not None else None
         geo, lib = ctx.geo, ctx.lib
         N, C, H, W = ctx.shape
         gy = gy.detach().contiguous(memory_format=torch.channels_last)
@@ -315,5 +344,5 @@ class _SpikeConv2d(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
         gx, gw, gb = first_order(gx, gw, gb, device=gy.device, message=_TWICE)
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None, None, None
 
