@@ -205,3 +205,26 @@ def test_sewforge_bench_and_python_m_sewforge_bench_are_one_command(capsys):
     assert proc.returncode == 0 and proc.stdout == in_process
     assert in_process.startswith("usage: sewforge bench neurons")
     assert main([]) == 2 and "name a suite: neurons, step, compile, gpu-check" in capsys.readouterr().out
+
+
+def test_conv_census_counts_the_convolutions_that_ran_event_driven():
+    from torch import nn
+
+    from sewforge.kernels import spikeconv
+    from sewforge.layers import Conv2d
+    from sewforge.memory import mark_spikes
+
+    torch.manual_seed(0)
+    conv = Conv2d(8, 4, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    plain = nn.Conv2d(4, 4, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    model = nn.Sequential(conv, plain)
+    sparse = (torch.rand(64, 8, 8, 8) < 0.05).float().contiguous(memory_format=torch.channels_last)
+
+    def forward(x):
+        return model(mark_spikes(x.requires_grad_(True), binary=True))
+
+    text = step.conv_census(model, forward, sparse)
+    if spikeconv.available():  # 64 x 8 x 8 = 4096 output positions, 5% non-zero: event-driven
+        assert text.startswith("1 of 2 convolutions event-driven (inputs 5.")
+    assert "the others dense" in text
+    assert step.conv_census(nn.Linear(2, 2), lambda x: x, sparse) is None

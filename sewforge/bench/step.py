@@ -173,6 +173,38 @@ def probe(spec: Dict[str, Any]) -> Dict[str, Any]:
     return common.rss_peak_above_baseline(step, prepare=lambda: opt.zero_grad(set_to_none=True))
 
 
+def conv_census(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+                ) -> Optional[str]:
+    """How many of ``model``'s 2-D convolutions run event-driven (``sewforge.kernels.spikeconv``)
+    in one recorded forward of ``x``, with the share of non-zero values in their inputs."""
+    seen: List[Tuple[bool, float]] = []
+
+    def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        event = out.grad_fn is not None and type(out.grad_fn).__name__.startswith("_SpikeConv2d")
+        seen.append((event, float((args[0] != 0).float().mean())))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        forward(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        return None
+
+    def span(shares: List[float]) -> str:
+        return f"{min(shares):.1%}-{max(shares):.1%}" if len(shares) > 1 else f"{shares[0]:.1%}"
+
+    event = [d for e, d in seen if e]
+    dense = [d for e, d in seen if not e]
+    text = f"{len(event)} of {len(seen)} convolutions event-driven"
+    if event:
+        text += f" (inputs {span(event)} non-zero)"
+    if dense:
+        text += f", the others dense (inputs {span(dense)} non-zero)"
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     sj.request_backend(args.sj_backend)
     device = common.pick_device(args.device)
@@ -232,6 +264,10 @@ def _run_model(cfg, keys, device, args, amp, threads, order, profiles, meta):
             model, forward, label, notes = build(key, cfg, device, args)
             meta["notes"].extend(f"{name}: {n}" for n in notes)
             row.update(implementation=label, params=param_count(model))
+            if key != "spikingjelly":
+                census = conv_census(model, forward, x)
+                if census:
+                    meta["notes"].append(f"{name}: {label}: {census}")
             steps[key], optimizers[key] = train_step(model, forward, x, y, amp)
         except Exception as exc:  # noqa: BLE001 - report, go on with the others
             row.update(implementation=key, error=f"{type(exc).__name__}: {exc}")
