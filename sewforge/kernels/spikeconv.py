@@ -10,7 +10,11 @@ computed by PyTorch's own convolution backward, bit for bit what the dense path 
 Which inputs are active is one bit per (position, channel), found in one pass over the input that
 also counts them: above :data:`DENSITY_LIMIT` the dense convolution (oneDNN) is faster and runs
 instead. Binary spikes keep only those bits for the backward pass (1 bit per element, rounded up to
-32 channels per position); other values (the integers of a SEW ``ADD``) keep the input too.
+32 channels per position); other values (the integers of a SEW ``ADD``) keep the input too, 1 byte
+per element. The output itself need not be kept by anyone: it is marked
+(:func:`sewforge.memory.mark_recomputable`) so that the networks' compact memory keeps how to
+build it again from those bits instead of a batch norm's fp32 input, and rebuilds it bit for bit
+in the backward pass (the forward kernel sums each image in a fixed order).
 
 Each (output channels, kernel size, stride, padding, dilation, binary, dtype) is compiled once
 from C (as the neuron kernels, :func:`sewforge.kernels.cpu.build_library`), so the inner loops run
@@ -26,9 +30,10 @@ import threading
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+
+from ..memory import mark_recomputable, pack_saved, unpack_saved
 from . import cpu
 from .cpu import build_library, run_parallel, split
-from ..memory import mark_recomputable, pack_saved, unpack_saved
 from .ops import first_order
 
 __all__ = ["spike_conv2d", "event_driven", "available", "DENSITY_LIMIT", "MIN_POSITIONS", "ConvGeometry"]
@@ -242,9 +247,11 @@ def _mask(lib: ctypes.CDLL, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
 def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding,
                  dilation, *, binary: bool, dense=None) -> torch.Tensor:
     """``conv2d(x, weight, bias, stride, padding, dilation)`` of a sparse input, event-driven
-    where :func:`event_driven` allows it and at most :data:`DENSITY_LIMIT` of ``x`` is not zero,
-    else ``dense()`` (default :func:`torch.nn.functional.conv2d`). ``binary``: ``x`` holds only
-    0 and 1 (then only where it is 1 is kept for the backward pass)."""
+    where :func:`event_driven` allows it, the output has at least :data:`MIN_POSITIONS`
+    positions, the kernel reaches at least two outputs per input (not 1x1) and at most
+    :data:`DENSITY_LIMIT` of ``x`` is not zero; else ``dense()`` (default
+    :func:`torch.nn.functional.conv2d`). ``binary``: ``x`` holds only 0 and 1 (then only where it
+    is 1 is kept for the backward pass)."""
     if dense is None:
         def dense() -> torch.Tensor:
             return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation)
