@@ -49,7 +49,7 @@ class ModelConfig:
         "block in backward, plus compact) or dense", choices=MEMORY_MODES))
     channels_last: bool = field(default=False, metadata=_meta(
         "channels_last layout of weights and of every time step of the activations (faster convolutions "
-        "on recent GPUs)"))
+        "on recent GPUs; on the CPU, convolutions of sparse spikes then run event-driven)"))
     kwargs: Dict[str, Any] = field(default_factory=dict, metadata=_meta(
         "further keyword arguments for sewforge.models.create_model"))
 
