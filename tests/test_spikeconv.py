@@ -305,3 +305,10 @@ def test_weight_modified_between_forward_and_backward_is_named():
         conv.weight.mul_(2)
     with pytest.raises(RuntimeError, match="modified in place between the forward and the backward"):
         y.sum().backward()
+
+
+def test_unknown_setting_is_named(monkeypatch):
+    monkeypatch.setenv("SEWFORGE_SPIKE_CONV", "sparse")
+    x = spikes((2, 4, 8, 8), 0.1, dtype=torch.float32)
+    with pytest.raises(ValueError, match="SEWFORGE_SPIKE_CONV='sparse' is not a choice; use one of auto, dense"):
+        spikeconv.spike_conv2d(x, torch.randn(6, 4, 3, 3), None, 1, 1, 1, binary=True)

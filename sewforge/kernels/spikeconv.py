@@ -48,6 +48,7 @@ DENSITY_LIMIT = 0.2
 MIN_POSITIONS = 2048
 
 _REAL = {torch.float32: "float", torch.float64: "double"}
+_CHOICES = ("auto", "dense")
 
 _HEADER = """#include <stdint.h>
 #include <string.h>
@@ -214,7 +215,11 @@ def event_driven(x: torch.Tensor, weight: torch.Tensor, padding, groups: int) ->
     """Whether :func:`spike_conv2d` may run ``x`` event-driven: a float32/float64 CPU input
     ``[N, C, H, W]`` in channels_last layout, the weight in the same dtype, one group, numeric
     padding, outside ``torch.compile``, and not turned off (``SEWFORGE_SPIKE_CONV=dense``)."""
-    if os.environ.get("SEWFORGE_SPIKE_CONV", "auto").strip().lower() == "dense":
+    choice = os.environ.get("SEWFORGE_SPIKE_CONV", "auto").strip().lower()
+    if choice not in _CHOICES:
+        raise ValueError(f"SEWFORGE_SPIKE_CONV={choice!r} is not a choice; use one of {', '.join(_CHOICES)} "
+                         "(auto: event-driven where it is faster, dense: never)")
+    if choice == "dense":
         return False
     if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in _REAL or weight.dtype != x.dtype
             or groups != 1 or isinstance(padding, str) or x.numel() == 0 or weight.dim() != 4):
