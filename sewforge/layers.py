@@ -118,10 +118,11 @@ class _RepeatSteps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, steps: int, channels_last: bool) -> torch.Tensor:  # type: ignore[override]
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        out = torch.empty((steps, *x.shape), dtype=x.dtype, device=x.device)
         if channels_last:
             out = torch.empty((steps * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device,
                               memory_format=fmt).unflatten(0, (steps, x.shape[0]))
+        else:
+            out = torch.empty((steps, *x.shape), dtype=x.dtype, device=x.device)
         src = x.contiguous(memory_format=fmt)
         for t in range(steps):  # each step a copy between equal layouts
             out[t].copy_(src)

@@ -171,7 +171,7 @@ def mark_recomputable(t: torch.Tensor, rebuild: Callable[[], torch.Tensor]) -> t
 def _recomputable(t: torch.Tensor) -> Optional[Recomputable]:
     root = t._base if t._base is not None else t
     mark = getattr(root, _REBUILD, None)
-    if mark is None or mark[1] != root._version:
+    if mark is None or mark[1] != root._version or t.dtype != root.dtype:
         return None
     return Recomputable(mark[0], t)
 

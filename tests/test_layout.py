@@ -152,3 +152,15 @@ def test_neurons_keep_channels_last_through_a_sew_block_and_the_network():
     resnet.blocks()[0].register_forward_pre_hook(lambda m, args: stem.append(args[0]))
     resnet(torch.randn(2, 3, 32, 32))
     assert per_step_channels_last(stem[0])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_repeat_steps_gives_every_step_the_input_and_sums_the_gradient_over_steps(channels_last):
+    x = torch.rand(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    r = repeat_steps(x, 3, channels_last=channels_last)
+    assert r.shape == (3, 2, 4, 5, 6) and all(torch.equal(r[t], x) for t in range(3))
+    assert per_step_channels_last(r) == channels_last or not channels_last
+    g = torch.rand(3, 2, 4, 5, 6, dtype=torch.float64)
+    (got,) = torch.autograd.grad(r, x, g)
+    (want,) = torch.autograd.grad(x.unsqueeze(0).expand(3, *x.shape), x, g)  # autograd's own rule
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
