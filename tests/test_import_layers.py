@@ -5,7 +5,8 @@ The layers, lowest first (a module may import from its own subpackage and from a
     utilities   checks (suggestions, number checks), then registry, _triton, fileio, memory, _version,
                 then jit (public Triton helpers)
     surrogates, elementwise      the element-wise functions of the kernels
-    kernels -> layers (T*B folding, the spike-aware convolution) -> neurons -> blocks -> spec (parser, graph, builder) -> models (the zoo)
+    kernels -> layers (T*B folding, the spike-aware convolution) -> neurons -> blocks
+                -> spec (parser, graph, builder) -> models (the zoo)
     data                         data sets and data transforms
     train                        the trainer (recipes, checkpoints, the loop)
     analysis, interop, testing   use models, data and the trainer as libraries; not each other
