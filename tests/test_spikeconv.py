@@ -312,3 +312,27 @@ def test_unknown_setting_is_named(monkeypatch):
     x = spikes((2, 4, 8, 8), 0.1, dtype=torch.float32)
     with pytest.raises(ValueError, match="SEWFORGE_SPIKE_CONV='sparse' is not a choice; use one of auto, dense"):
         spikeconv.spike_conv2d(x, torch.randn(6, 4, 3, 3), None, 1, 1, 1, binary=True)
+
+
+@pytest.mark.parametrize("memory", ["compact", "lean", "recompute"])
+def test_every_memory_mode_gives_the_same_gradients_with_event_driven_convolutions(memory, monkeypatch):
+    """Batch-norm inputs rebuilt from spikes inside the memory modes' own reruns (lean: the batch
+    norm -> neuron chains, recompute: whole blocks) against autograd keeping everything ("dense")."""
+    torch.manual_seed(0)
+    spec = "c8k3s1-BN-PLIF-{SEW Block (c8)-MPk2s2}*2-FC5"
+    net = sewforge.build(spec, input_shape=(2, 16, 16), T=4, channels_last=True).double()
+    x = (torch.rand(4, 2, 2, 16, 16) < 0.2).double()
+    ran = []
+    orig = spikeconv._SpikeConv2d.apply
+    monkeypatch.setattr(spikeconv._SpikeConv2d, "apply", lambda *a: ran.append(1) or orig(*a))
+    results = {}
+    for mode in ("dense", memory):
+        net.memory = mode
+        ran.clear()
+        out = net(x)
+        results[mode] = (out, torch.autograd.grad(out.sum(), list(net.parameters())))
+        assert ran, mode
+    (out_a, grads_a), (out_b, grads_b) = results.values()
+    torch.testing.assert_close(out_a, out_b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
