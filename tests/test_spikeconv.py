@@ -36,10 +36,6 @@ def spikes(shape, density, *, binary=True, dtype=torch.float64, seed=0):
     return x.contiguous(memory_format=CL)
 
 
-def event_driven_ran(y: torch.Tensor) -> bool:
-    return type(y.grad_fn).__name__.startswith("_SpikeConv2d")
-
-
 def check_against_dense(x, w, b, stride, padding, dilation, *, binary, rtol=1e-12, atol=1e-12, same_bits=False):
     x = x.detach().requires_grad_(True)
     w = w.detach().requires_grad_(True)
@@ -49,19 +45,19 @@ def check_against_dense(x, w, b, stride, padding, dilation, *, binary, rtol=1e-1
     # above the density limit, and for kernels that reach few outputs per input, dense is faster
     sparse = int((x != 0).sum()) <= spikeconv.DENSITY_LIMIT * x.numel()
     reach = w.shape[2] * w.shape[3] >= 2 * stride * stride
-    assert event_driven_ran(y) == (sparse and reach and not x.is_contiguous())
+    assert spikeconv.ran_event_driven(y) == (sparse and reach and not x.is_contiguous())
     xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
     br = b.detach().requires_grad_(True) if b is not None else None
     ref = F.conv2d(xr, wr, br, stride, padding, dilation)
     assert y.shape == ref.shape and y.dtype == ref.dtype
-    assert y.is_contiguous(memory_format=CL) or not event_driven_ran(y)
+    assert y.is_contiguous(memory_format=CL) or not spikeconv.ran_event_driven(y)
     torch.testing.assert_close(y, ref, rtol=rtol, atol=atol)
     gy = torch.randn_like(ref)
     got = torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], gy)
     want = torch.autograd.grad(ref, [t for t in (xr, wr, br) if t is not None], gy)
     for g1, g2 in zip(got, want):
         torch.testing.assert_close(g1, g2, rtol=rtol, atol=atol)
-    assert got[0].is_contiguous(memory_format=CL) or not event_driven_ran(y)
+    assert got[0].is_contiguous(memory_format=CL) or not spikeconv.ran_event_driven(y)
     if same_bits:  # the input's gradient is PyTorch's own transposed convolution: the dense one's bits
         assert torch.equal(got[0], want[0])
 
@@ -104,7 +100,7 @@ def test_hand_computed_values():
             kh, kw = 1 - i + 1, 2 - j + 1
             if 0 <= kh < 3 and 0 <= kw < 3:
                 want[i, j] = 2.0 * (3 * kh + kw)
-    assert event_driven_ran(y)
+    assert spikeconv.ran_event_driven(y)
     assert torch.equal(y[0, 0], want)
 
 
@@ -119,7 +115,7 @@ def test_several_threads_give_the_one_thread_weight_gradient():
             torch.set_num_threads(threads)
             wr = w.clone().requires_grad_(True)
             y = spikeconv.spike_conv2d(x, wr, None, 1, 1, 1, binary=True)
-            assert event_driven_ran(y)
+            assert spikeconv.ran_event_driven(y)
             grads.append(torch.autograd.grad(y, wr, gy)[0])
     finally:
         torch.set_num_threads(old)
@@ -155,7 +151,7 @@ def test_runs_dense_where_event_driven_does_not_apply(case, monkeypatch):
         y = layer(mark_spikes(x.requires_grad_(), binary=True))
     else:
         y = spikeconv.spike_conv2d(x.requires_grad_(), w, None, **kw, binary=True)
-    assert not event_driven_ran(y)
+    assert not spikeconv.ran_event_driven(y)
     if case != "groups":
         torch.testing.assert_close(y, F.conv2d(x, w, None, **kw))
 
@@ -165,9 +161,9 @@ def test_layer_takes_marked_spikes_only_and_keeps_hooks():
     seen = []
     layer.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     x = spikes((2, 8, 10, 10), 0.1).requires_grad_(True)
-    assert not event_driven_ran(layer(x))  # not marked: nothing says it is sparse
+    assert not spikeconv.ran_event_driven(layer(x))  # not marked: nothing says it is sparse
     y = layer(mark_spikes(x, binary=True))
-    assert event_driven_ran(y)
+    assert spikeconv.ran_event_driven(y)
     assert len(seen) == 2
     assert isinstance(layer, nn.Conv2d)
     plain = nn.Conv2d(8, 4, 3, padding=1).double()
@@ -179,27 +175,29 @@ def test_double_backward_is_refused_clearly():
     x = spikes((1, 2, 8, 8), 0.1).requires_grad_(True)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     y = spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=True)
-    assert event_driven_ran(y)
+    assert spikeconv.ran_event_driven(y)
     (gw,) = torch.autograd.grad(y.sum(), w, create_graph=True)
     with pytest.raises(RuntimeError, match="SEWFORGE_SPIKE_CONV=dense"):
         gw.sum().backward()
 
 
-def test_network_gives_the_dense_networks_outputs_and_gradients(monkeypatch):
-    """A channels_last 7B-Net-like network: the event-driven convolutions (most of its layers fire
-    sparsely at initialisation) against the same network with every convolution dense."""
+def small_cl_net(monkeypatch):
+    """A channels_last 7B-Net-like network in float64, a spike input, and the list that each
+    event-driven convolution appends to."""
     torch.manual_seed(0)
-    spec = "c8k3s1-BN-PLIF-{SEW Block (c8)-MPk2s2}*2-FC5"
-    net = sewforge.build(spec, input_shape=(2, 16, 16), T=4, channels_last=True).double()
+    net = sewforge.build("c8k3s1-BN-PLIF-{SEW Block (c8)-MPk2s2}*2-FC5", input_shape=(2, 16, 16), T=4,
+                         channels_last=True).double()
     x = (torch.rand(4, 2, 2, 16, 16) < 0.2).double()
     ran = []
     orig = spikeconv._SpikeConv2d.apply
+    monkeypatch.setattr(spikeconv._SpikeConv2d, "apply", lambda *a: ran.append(a[0].shape) or orig(*a))
+    return net, x, ran
 
-    def counting(*args):
-        ran.append(args[0].shape)
-        return orig(*args)
 
-    monkeypatch.setattr(spikeconv._SpikeConv2d, "apply", counting)
+def test_network_gives_the_dense_networks_outputs_and_gradients(monkeypatch):
+    """The event-driven convolutions (most of the layers fire sparsely at initialisation) against
+    the same network with every convolution dense."""
+    net, x, ran = small_cl_net(monkeypatch)
     out = net(x)
     grads = torch.autograd.grad(out.sum(), list(net.parameters()))
     assert len(ran) >= 2
@@ -221,7 +219,7 @@ def test_keeps_one_bit_per_binary_spike_for_backward(binary):
     mark_spikes(x, binary=binary, bound=None if binary else 3)
     w = torch.randn(8, 32, 3, 3, requires_grad=True)
     y = spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=binary)
-    assert event_driven_ran(y)
+    assert spikeconv.ran_event_driven(y)
     saved = [t for t in y.grad_fn.saved_tensors if t is not None]
     masks = [t for t in saved if t.dtype == torch.int32]
     assert len(masks) == 1 and masks[0].numel() * 32 == x.numel()
@@ -244,7 +242,7 @@ def test_without_a_working_compiler_runs_dense_after_one_warning(monkeypatch, tm
     w = torch.randn(6, 4, 3, 3)
     with pytest.warns(RuntimeWarning, match="no C compiler found" if compiler is None else "failed"):
         y = spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=True)
-    assert not event_driven_ran(y)
+    assert not spikeconv.ran_event_driven(y)
     torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -318,13 +316,7 @@ def test_unknown_setting_is_named(monkeypatch):
 def test_every_memory_mode_gives_the_same_gradients_with_event_driven_convolutions(memory, monkeypatch):
     """Batch-norm inputs rebuilt from spikes inside the memory modes' own reruns (lean: the batch
     norm -> neuron chains, recompute: whole blocks) against autograd keeping everything ("dense")."""
-    torch.manual_seed(0)
-    spec = "c8k3s1-BN-PLIF-{SEW Block (c8)-MPk2s2}*2-FC5"
-    net = sewforge.build(spec, input_shape=(2, 16, 16), T=4, channels_last=True).double()
-    x = (torch.rand(4, 2, 2, 16, 16) < 0.2).double()
-    ran = []
-    orig = spikeconv._SpikeConv2d.apply
-    monkeypatch.setattr(spikeconv._SpikeConv2d, "apply", lambda *a: ran.append(1) or orig(*a))
+    net, x, ran = small_cl_net(monkeypatch)
     results = {}
     for mode in ("dense", memory):
         net.memory = mode

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.spikeconv import ran_event_driven
 from ..models import create_model
 from . import common, sj
 
@@ -180,8 +181,7 @@ def conv_census(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor
     seen: List[Tuple[bool, float]] = []
 
     def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-        event = out.grad_fn is not None and type(out.grad_fn).__name__.startswith("_SpikeConv2d")
-        seen.append((event, float((args[0] != 0).float().mean())))
+        seen.append((ran_event_driven(out), float((args[0] != 0).float().mean())))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:

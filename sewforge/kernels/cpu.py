@@ -315,10 +315,6 @@ def compiled_library(spec: KernelSpec, dtype: torch.dtype) -> Optional[ctypes.CD
 
 
 def _build(spec: KernelSpec, dtype: torch.dtype) -> Optional[ctypes.CDLL]:
-    if _compiler() is None:
-        _warn_once("sewforge: no C compiler found (set CC or install gcc); neurons run the slower plain-PyTorch "
-                   "CPU path")
-        return None
     return build_library(generate_source(spec, dtype), "sf", dtype, "the CPU neuron kernel",
                          "neurons run the slower plain-PyTorch CPU path", compiler_at_fault=True)
 
@@ -329,9 +325,13 @@ def build_library(source: str, prefix: str, dtype: torch.dtype, what: str, fallb
     ``prefix`` and a digest of the source, compiler, flags and CPU, written atomically (a concurrent
     build of the same kernel is harmless). None, after a one-line warning naming ``what`` and the
     ``fallback`` that runs instead, when there is no compiler or the build fails; a failure marks
-    the compiler broken when ``compiler_at_fault`` (the source is known to compile elsewhere)."""
+    the compiler broken when ``compiler_at_fault`` (the source is known to compile elsewhere).
+    Without a compiler the warning says so, once per ``fallback``."""
     cc = _compiler()
-    if cc is None or cc in _BROKEN:
+    if cc is None:
+        _warn_once(f"sewforge: no C compiler found (set CC or install gcc); {fallback}")
+        return None
+    if cc in _BROKEN:
         return None
     flags = _flags()
     digest = hashlib.sha256("\0".join([source, cc, " ".join(flags), _cpu_signature(), sys.platform]).encode())

@@ -32,11 +32,11 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from ..memory import mark_recomputable, pack_saved, unpack_saved
-from . import cpu
 from .cpu import build_library, run_parallel, split
 from .ops import first_order
 
-__all__ = ["spike_conv2d", "event_driven", "available", "DENSITY_LIMIT", "MIN_POSITIONS", "ConvGeometry"]
+__all__ = ["spike_conv2d", "event_driven", "ran_event_driven", "available", "DENSITY_LIMIT", "MIN_POSITIONS",
+           "ConvGeometry"]
 
 #: fraction of non-zero inputs above which the dense convolution runs. Measured on one core
 #: (forward + backward of 3x3 convolutions with the input gradient dense in both): at 5% the
@@ -183,16 +183,12 @@ def _library(geo: ConvGeometry) -> Optional[ctypes.CDLL]:
     if geo in _LIBS:
         return _LIBS[geo]
     with _LOCK:
-        if geo not in _LIBS and cpu._compiler() is None:
-            cpu._warn_once("sewforge: no C compiler found (set CC or install gcc); convolutions of spikes run "
-                           "dense (slower)")
-            _LIBS[geo] = None
         if geo not in _LIBS:
             source = _HEADER.format(real=_REAL[geo.dtype], co=geo.out_channels, kh=geo.kernel[0], kw=geo.kernel[1],
                                     sh=geo.stride[0], sw=geo.stride[1], ph=geo.padding[0], pw=geo.padding[1],
                                     dh=geo.dilation[0], dw=geo.dilation[1], binary=int(geo.binary)) + _SOURCE
             lib = build_library(source, "sc", geo.dtype, "the event-driven spike convolution",
-                                "convolutions of spikes run dense", compiler_at_fault=False)
+                                "convolutions of spikes run dense (slower)", compiler_at_fault=False)
             if lib is not None:
                 for name, args in (("build_mask", _ARGS_MASK), ("forward", _ARGS_FWD), ("weight_grad", _ARGS_WGRAD)):
                     fn = getattr(lib, name)
@@ -211,10 +207,10 @@ def _pair(v: Sequence[int] | int) -> Tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def event_driven(x: torch.Tensor, weight: torch.Tensor, padding, groups: int) -> bool:
+def event_driven(x: torch.Tensor, weight: torch.Tensor, padding) -> bool:
     """Whether :func:`spike_conv2d` may run ``x`` event-driven: a float32/float64 CPU input
-    ``[N, C, H, W]`` in channels_last layout, the weight in the same dtype, one group, numeric
-    padding, outside ``torch.compile``, and not turned off (``SEWFORGE_SPIKE_CONV=dense``)."""
+    ``[N, C, H, W]`` in channels_last layout, the weight ``[C_out, C, KH, KW]`` in the same dtype
+    (one group), numeric padding, outside ``torch.compile``, and not turned off (``SEWFORGE_SPIKE_CONV=dense``)."""
     choice = os.environ.get("SEWFORGE_SPIKE_CONV", "auto").strip().lower()
     if choice not in _CHOICES:
         raise ValueError(f"SEWFORGE_SPIKE_CONV={choice!r} is not a choice; use one of {', '.join(_CHOICES)} "
@@ -222,7 +218,7 @@ def event_driven(x: torch.Tensor, weight: torch.Tensor, padding, groups: int) ->
     if choice == "dense":
         return False
     if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in _REAL or weight.dtype != x.dtype
-            or groups != 1 or isinstance(padding, str) or x.numel() == 0 or weight.dim() != 4):
+            or isinstance(padding, str) or x.numel() == 0 or weight.dim() != 4 or weight.shape[1] != x.shape[1]):
         return False
     if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
         return False  # (a tensor with C == 1 or H == W == 1 is both: its layout is not known)
@@ -238,9 +234,14 @@ def _threads_over(n: int) -> list:
     return split(n, torch.get_num_threads())
 
 
+def _words(channels: int) -> int:
+    """32-bit mask words per position."""
+    return (channels + 31) // 32
+
+
 def _mask(lib: ctypes.CDLL, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     N, C, H, W = x.shape
-    words = (C + 31) // 32
+    words = _words(C)
     mask = torch.empty(N * H * W * words, dtype=torch.int32)
     bounds = _threads_over(N)
     counts = (ctypes.c_double * len(bounds))()
@@ -260,7 +261,7 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if dense is None:
         def dense() -> torch.Tensor:
             return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation)
-    if not event_driven(x, weight, padding, 1):
+    if not event_driven(x, weight, padding):
         return dense()
     geo = ConvGeometry(int(weight.shape[0]), _pair(weight.shape[2:]), _pair(stride), _pair(padding),
                        _pair(dilation), bool(binary), x.dtype)
@@ -299,7 +300,7 @@ def _forward(geo: ConvGeometry, lib: ctypes.CDLL, x: Optional[torch.Tensor], mas
     strides = x.stride() if x is not None else (0, 0, 0, 0)
     run_parallel(lib.forward, _threads_over(N), lambda a, e, i: (
         x.data_ptr() if x is not None else None, mask.data_ptr(), wt.data_ptr(),
-        b.data_ptr() if b is not None else None, y.data_ptr(), C, H, W, (C + 31) // 32, OH, OW, *strides, a, e))
+        b.data_ptr() if b is not None else None, y.data_ptr(), C, H, W, _words(C), OH, OW, *strides, a, e))
     return y
 
 
@@ -311,6 +312,11 @@ def _rebuild(geo, lib, mask, kept, shape, weight, weight_version, bias, bias_ver
                            "parameters after backward(), as optimizers do)")
     x = unpack_saved(kept) if kept is not None else None
     return _forward(geo, lib, x, mask, shape, weight, bias)
+
+
+def ran_event_driven(y: torch.Tensor) -> bool:
+    """Whether ``y`` (recorded by autograd) is the output of the event-driven path."""
+    return type(y.grad_fn) is _SpikeConv2d._backward_cls
 
 
 _TWICE = ("sewforge's event-driven spike convolution cannot differentiate twice through its own backward "
@@ -342,14 +348,14 @@ class _SpikeConv2d(torch.autograd.Function):
             gx = torch.ops.aten.convolution_backward(
                 gy, gy.new_empty(1).expand(ctx.shape), weight.contiguous(memory_format=torch.channels_last), None,
                 list(geo.stride), list(geo.padding), list(geo.dilation), False, [0, 0], 1, [True, False, False])[0]
-            gx = gx.contiguous(memory_format=torch.channels_last)  # (a 1x1 weight leaves it open)
+            gx = gx.contiguous(memory_format=torch.channels_last)  # (no copy when oneDNN chose it)
         if ctx.needs_input_grad[1]:
             OH, OW = gy.shape[2:]
             bounds = _threads_over(N)
             acc = torch.zeros((len(bounds), geo.kernel[0], geo.kernel[1], C, geo.out_channels), dtype=geo.dtype)
             run_parallel(lib.weight_grad, bounds, lambda a, e, i: (
                 x.data_ptr() if x is not None else None, mask.data_ptr(), gy.data_ptr(), acc[i].data_ptr(),
-                C, H, W, (C + 31) // 32, OH, OW, *(x.stride() if x is not None else (0, 0, 0, 0)), a, e))
+                C, H, W, _words(C), OH, OW, *(x.stride() if x is not None else (0, 0, 0, 0)), a, e))
             # in the weight's own layout, so that accumulating it into .grad copies nothing more
             gw = torch.empty_like(weight, memory_format=torch.preserve_format)
             gw.copy_((acc[0] if len(bounds) == 1 else acc.sum(0)).permute(3, 2, 0, 1))
