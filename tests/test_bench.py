@@ -215,16 +215,16 @@ def test_conv_census_counts_the_convolutions_that_ran_event_driven():
     from sewforge.memory import mark_spikes
 
     torch.manual_seed(0)
-    conv = Conv2d(8, 4, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-    plain = nn.Conv2d(4, 4, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    conv = Conv2d(32, 32, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    plain = nn.Conv2d(32, 4, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
     model = nn.Sequential(conv, plain)
-    sparse = (torch.rand(64, 8, 8, 8) < 0.05).float().contiguous(memory_format=torch.channels_last)
+    sparse = (torch.rand(64, 32, 8, 8) < 0.05).float().contiguous(memory_format=torch.channels_last)
 
     def forward(x):
         return model(mark_spikes(x.requires_grad_(True), binary=True))
 
     text = step.conv_census(model, forward, sparse)
-    if spikeconv.available():  # 64 x 8 x 8 = 4096 output positions, 5% non-zero: event-driven
+    if spikeconv.available():  # 4096 output positions x 32 x 32 x 9 multiply-adds, 5% non-zero: event-driven
         assert text.startswith("1 of 2 convolutions event-driven (inputs 5.")
     assert "the others dense" in text
     assert step.conv_census(nn.Linear(2, 2), lambda x: x, sparse) is None

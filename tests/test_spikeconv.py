@@ -2,6 +2,7 @@
 dense convolution, taken only where it applies, and transparent to networks, hooks and analyses."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -23,9 +24,9 @@ CL = torch.channels_last
 @pytest.fixture(autouse=True, scope="module")
 def small_layers_too():
     """The tests' layers are small: let them run event-driven (the size rule is tested on its own)."""
-    old, spikeconv.MIN_POSITIONS = spikeconv.MIN_POSITIONS, 1
+    old, spikeconv.MIN_WORK = spikeconv.MIN_WORK, 1
     yield
-    spikeconv.MIN_POSITIONS = old
+    spikeconv.MIN_WORK = old
 
 
 def spikes(shape, density, *, binary=True, dtype=torch.float64, seed=0):
@@ -34,6 +35,22 @@ def spikes(shape, density, *, binary=True, dtype=torch.float64, seed=0):
     if not binary:  # a SEW ADD output: small integers
         x = x * torch.randint(1, 4, shape, generator=g).to(dtype)
     return x.contiguous(memory_format=CL)
+
+
+#: the kernels' loop orders (:func:`spikeconv._order`): position-major, and channel-major over
+#: blocks of one image or of every image (large weights take it; here forced on small ones)
+ORDERS = {"position-major": (1 << 40, 512 << 10), "channel-major, 1 image": (0, 1),
+          "channel-major, all images": (0, 1 << 40)}
+
+
+@contextlib.contextmanager
+def loop_order(name):
+    old = spikeconv.CHANNEL_MAJOR_BYTES, spikeconv.OUTPUT_BLOCK_BYTES
+    spikeconv.CHANNEL_MAJOR_BYTES, spikeconv.OUTPUT_BLOCK_BYTES = ORDERS[name]
+    try:
+        yield
+    finally:
+        spikeconv.CHANNEL_MAJOR_BYTES, spikeconv.OUTPUT_BLOCK_BYTES = old
 
 
 def check_against_dense(x, w, b, stride, padding, dilation, *, binary, rtol=1e-12, atol=1e-12, same_bits=False):
@@ -58,25 +75,28 @@ def check_against_dense(x, w, b, stride, padding, dilation, *, binary, rtol=1e-1
     for g1, g2 in zip(got, want):
         torch.testing.assert_close(g1, g2, rtol=rtol, atol=atol)
     assert got[0].is_contiguous(memory_format=CL) or not spikeconv.ran_event_driven(y)
+    assert got[1].stride() == w.stride() or not spikeconv.ran_event_driven(y)  # the weight's own layout
     if same_bits:  # the input's gradient is PyTorch's own transposed convolution: the dense one's bits
         assert torch.equal(got[0], want[0])
 
 
-@settings(max_examples=40)
+@settings(max_examples=60)
 @given(n=st.integers(1, 3), c=st.sampled_from([2, 5, 64, 70]), hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
        co=st.sampled_from([1, 3, 8]), k=st.sampled_from([1, 2, 3]), stride=st.sampled_from([1, 2, 3]),
        padding=st.integers(0, 2), dilation=st.sampled_from([1, 2]), density=st.sampled_from([0.0, 0.05, 0.2]),
-       binary=st.booleans(), bias=st.booleans(), seed=st.integers(0, 3))
+       binary=st.booleans(), bias=st.booleans(), seed=st.integers(0, 3), order=st.sampled_from(sorted(ORDERS)),
+       weight_layout=st.sampled_from([torch.contiguous_format, CL]))
 def test_matches_dense_convolution_and_its_gradients(n, c, hw, co, k, stride, padding, dilation, density, binary,
-                                                     bias, seed):
+                                                     bias, seed, order, weight_layout):
     h, w_ = hw
     if (h + 2 * padding - dilation * (k - 1) - 1) < 0 or (w_ + 2 * padding - dilation * (k - 1) - 1) < 0:
         return  # no output pixel: the dense convolution's own error (tested below)
     x = spikes((n, c, h, w_), density, binary=binary, seed=seed)
     g = torch.Generator().manual_seed(seed + 10)
-    w = torch.randn(co, c, k, k, dtype=torch.float64, generator=g)
+    w = torch.randn(co, c, k, k, dtype=torch.float64, generator=g).contiguous(memory_format=weight_layout)
     b = torch.randn(co, dtype=torch.float64, generator=g) if bias else None
-    check_against_dense(x, w, b, stride, padding, dilation, binary=binary)
+    with loop_order(order):
+        check_against_dense(x, w, b, stride, padding, dilation, binary=binary)
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -84,6 +104,15 @@ def test_float32_on_a_7b_net_layer_within_float_rounding(binary):
     x = spikes((4, 32, 32, 32), 0.04, binary=binary, dtype=torch.float32)
     w = torch.randn(32, 32, 3, 3).contiguous(memory_format=CL) * 0.1
     check_against_dense(x, w, None, 1, 1, 1, binary=binary, rtol=1e-4, atol=1e-4, same_bits=True)
+
+
+def test_a_large_weight_runs_channel_major_by_default():
+    # SEW ResNet's deep layers: 128 -> 256 channels, 3x3, 1.2 MB of float32 weight on a 4x4 image
+    x = spikes((3, 128, 4, 4), 0.15, binary=False, dtype=torch.float32)
+    w = torch.randn(256, 128, 3, 3) * 0.05
+    geo = spikeconv.ConvGeometry(256, (3, 3), (1, 1), (1, 1), (1, 1), False, torch.float32)
+    assert w.numel() * 4 > spikeconv.CHANNEL_MAJOR_BYTES and spikeconv._order(geo, 128, 4, 4) >= 3  # one block
+    check_against_dense(x, w, torch.randn(256), 1, 1, 1, binary=False, rtol=1e-4, atol=1e-4, same_bits=True)
 
 
 def test_hand_computed_values():
@@ -104,7 +133,13 @@ def test_hand_computed_values():
     assert torch.equal(y[0, 0], want)
 
 
-def test_several_threads_give_the_one_thread_weight_gradient():
+@pytest.mark.parametrize("order", sorted(ORDERS))
+def test_several_threads_give_the_one_thread_weight_gradient(order):
+    with loop_order(order):
+        _check_threads()
+
+
+def _check_threads():
     x = spikes((6, 16, 12, 12), 0.1)
     w = torch.randn(8, 16, 3, 3, dtype=torch.float64)
     gy = torch.randn(6, 8, 12, 12, dtype=torch.float64).contiguous(memory_format=CL)
@@ -123,7 +158,7 @@ def test_several_threads_give_the_one_thread_weight_gradient():
 
 
 @pytest.mark.parametrize("case", ["dense input", "NCHW layout", "float16", "groups", "env off", "no output",
-                                  "1x1 kernel", "few positions"])
+                                  "1x1 kernel", "little work"])
 def test_runs_dense_where_event_driven_does_not_apply(case, monkeypatch):
     x = spikes((2, 4, 8, 8), 0.1, dtype=torch.float32)
     w = torch.randn(6, 4, 3, 3)
@@ -138,8 +173,8 @@ def test_runs_dense_where_event_driven_does_not_apply(case, monkeypatch):
         monkeypatch.setenv("SEWFORGE_SPIKE_CONV", "dense")
     elif case == "1x1 kernel":
         w, kw = torch.randn(6, 4, 1, 1), dict(stride=1, padding=0, dilation=1)
-    elif case == "few positions":  # 2 x 8 x 8 outputs: the weight's transposes would not pay
-        monkeypatch.setattr(spikeconv, "MIN_POSITIONS", 2 * 8 * 8 + 1)
+    elif case == "little work":  # 2 x 8 x 8 outputs x 6 x 4 x 3 x 3 multiply-adds: the mask would not pay
+        monkeypatch.setattr(spikeconv, "MIN_WORK", 2 * 8 * 8 * 6 * 4 * 3 * 3 + 1)
     elif case == "no output":
         x = spikes((2, 4, 2, 2), 0.1, dtype=torch.float32)
         kw = dict(stride=1, padding=0, dilation=1)
@@ -263,13 +298,13 @@ class _Recording(compact_spikes):
         return out
 
 
-def _bn_after_event_driven_conv(binary=True):
+def _bn_after_event_driven_conv(binary=True, channels=16, density=0.05):
     """A convolution of spikes feeding a batch norm, recorded under the networks' compact memory:
     ``(x, conv, bn, y, kept)``."""
     torch.manual_seed(0)
-    conv = Conv2d(16, 8, 3, padding=1, bias=False).double().to(memory_format=CL)
+    conv = Conv2d(channels, 8, 3, padding=1, bias=False).double().to(memory_format=CL)
     bn = nn.BatchNorm2d(8).double()
-    x = mark_spikes(spikes((4, 16, 12, 12), 0.05, binary=binary).requires_grad_(True), binary=binary,
+    x = mark_spikes(spikes((4, channels, 12, 12), density, binary=binary).requires_grad_(True), binary=binary,
                     bound=None if binary else 3)
     memory = _Recording()
     with memory:
@@ -277,8 +312,14 @@ def _bn_after_event_driven_conv(binary=True):
     return x, conv, bn, y, memory.kept
 
 
+@pytest.mark.parametrize("order", sorted(ORDERS))
 @pytest.mark.parametrize("binary", [True, False])
-def test_batch_norm_input_is_rebuilt_from_the_spikes_bit_for_bit(binary):
+def test_batch_norm_input_is_rebuilt_from_the_spikes_bit_for_bit(binary, order):
+    with loop_order(order):
+        _check_rebuilt_bit_for_bit(binary)
+
+
+def _check_rebuilt_bit_for_bit(binary):
     x, conv, bn, y, kept = _bn_after_event_driven_conv(binary)
     rebuilt = [k for k in kept if isinstance(k, Recomputable)]
     assert len(rebuilt) == 1  # the batch norm's fp32 input is not kept ...
@@ -294,6 +335,22 @@ def test_batch_norm_input_is_rebuilt_from_the_spikes_bit_for_bit(binary):
     ref = F.batch_norm(F.conv2d(xr, wr, None, 1, 1), None, None, bn.weight, bn.bias, training=True)
     want = torch.autograd.grad(ref, (xr, wr), gy)
     for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
+
+
+def test_an_output_costly_to_rebuild_is_kept():
+    # 256 channels at 15%: ~35 active inputs x 9 taps per output position, over REBUILD_LIMIT
+    x, conv, bn, y, kept = _bn_after_event_driven_conv(True, channels=256, density=0.15)
+    active = int((x != 0).sum())
+    assert active * 9 > spikeconv.REBUILD_LIMIT * 4 * 12 * 12
+    assert spikeconv.ran_event_driven(conv(x))  # (sparse enough to run event-driven)
+    assert not [k for k in kept if isinstance(k, Recomputable)]
+    assert [k for k in kept if isinstance(k, torch.Tensor) and k.shape == (4, 8, 12, 12)]  # the conv's output
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, conv.weight), gy)
+    xr, wr = x.detach().requires_grad_(True), conv.weight.detach().requires_grad_(True)
+    ref = F.batch_norm(F.conv2d(xr, wr, None, 1, 1), None, None, bn.weight, bn.bias, training=True)
+    for g1, g2 in zip(got, torch.autograd.grad(ref, (xr, wr), gy)):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9)
 
 

@@ -11,15 +11,20 @@ Which inputs are active is one bit per (position, channel), found in one pass ov
 also counts them: above :data:`DENSITY_LIMIT` the dense convolution (oneDNN) is faster and runs
 instead. Binary spikes keep only those bits for the backward pass (1 bit per element, rounded up to
 32 channels per position); other values (the integers of a SEW ``ADD``) keep the input too, 1 byte
-per element. The output itself need not be kept by anyone: it is marked
-(:func:`sewforge.memory.mark_recomputable`) so that the networks' compact memory keeps how to
-build it again from those bits instead of a batch norm's fp32 input, and rebuilds it bit for bit
-in the backward pass (the forward kernel sums each image in a fixed order).
+per element. Where rebuilding it is cheap (:data:`REBUILD_LIMIT`), the output itself need not be
+kept by anyone: it is marked (:func:`sewforge.memory.mark_recomputable`) so that the networks'
+compact memory keeps how to build it again from those bits instead of a batch norm's fp32 input,
+and rebuilds it bit for bit in the backward pass (the forward kernel sums each image in a fixed
+order).
 
 Each (output channels, kernel size, stride, padding, dilation, binary, dtype) is compiled once
 from C (as the neuron kernels, :func:`sewforge.kernels.cpu.build_library`), so the inner loops run
-over a fixed number of output channels. Results equal the dense convolution's up to the order of
-the floating-point sums. ``SEWFORGE_SPIKE_CONV=dense`` turns the event-driven path off.
+over a fixed number of output channels. Small weights are visited position by position; large
+ones (SEW ResNet's 256- and 512-channel layers) channel by channel over blocks of images, so that
+a channel's weight rows stay in the L1 cache (:data:`CHANNEL_MAJOR_BYTES`). The weight is
+transposed for the kernels (and its gradient back) by a tiled transpose in the same library.
+Results equal the dense convolution's up to the order of the floating-point sums.
+``SEWFORGE_SPIKE_CONV=dense`` turns the event-driven path off.
 """
 from __future__ import annotations
 
@@ -35,17 +40,28 @@ from ..memory import mark_recomputable, pack_saved, unpack_saved
 from .cpu import build_library, run_parallel, split
 from .ops import first_order
 
-__all__ = ["spike_conv2d", "event_driven", "ran_event_driven", "available", "DENSITY_LIMIT", "MIN_POSITIONS",
+__all__ = ["spike_conv2d", "event_driven", "ran_event_driven", "available", "DENSITY_LIMIT", "MIN_WORK",
            "ConvGeometry"]
 
 #: fraction of non-zero inputs above which the dense convolution runs. Measured on one core
-#: (forward + backward of 3x3 convolutions with the input gradient dense in both): at 5% the
-#: event-driven path takes 0.5-0.6x oneDNN's time, at 16% 0.8-0.85x, at 30% 1.2x.
+#: (forward + backward of SEW ResNet-18's and 7B-Net's 3x3 convolutions, the input gradient dense
+#: in both): at 5% the event-driven path takes 0.5-0.6x oneDNN's time, at 16% 0.65-0.8x, at 25%
+#: 0.75-1.0x, at 35% 0.85-1.2x.
 DENSITY_LIMIT = 0.2
-#: fewest output positions (N x OH x OW) worth it: the weight is transposed for the kernel and its
-#: gradient back, a cost that only enough positions repay (SEW ResNet-18's 512-channel 4x4 layer,
-#: 512 positions, took 1.1x oneDNN's time at 16%; the 256-channel 7x7 one, 1568 positions, 1.0x)
-MIN_POSITIONS = 2048
+#: least work worth it, in the dense convolution's multiply-adds (N x OH x OW x C_out x C x KH x
+#: KW): the mask, the weight's two transposes and the calls cost about what 10 million take
+#: (a 32-channel 3x3 layer on 4 x 16 x 16 outputs, 9.4 million, took 0.9-1.0x oneDNN's time)
+MIN_WORK = 1 << 24
+#: most multiply-adds per output element (active inputs x KH x KW / output positions) for which
+#: the output is rebuilt in the backward pass instead of kept (:func:`sewforge.memory.mark_recomputable`).
+#: Measured on one core: 7B-Net's layers take 7-22 (the rebuilds cost 0.5% of its step for 23%
+#: less memory); SEW ResNet-18's 64- and 128-channel layers ~90 and ~180 (+5% step time, -10%
+#: memory), its 256- and 512-channel layers ~370 and ~740 (+6% time for -2% memory: kept)
+REBUILD_LIMIT = 256
+#: weights larger than this (bytes) run channel-major: one input channel's rows at a time, over a
+#: block of images whose outputs take at most :data:`OUTPUT_BLOCK_BYTES` (the L2 cache)
+CHANNEL_MAJOR_BYTES = 1 << 20
+OUTPUT_BLOCK_BYTES = 512 << 10
 
 _REAL = {torch.float32: "float", torch.float64: "double"}
 _CHOICES = ("auto", "dense")
@@ -66,6 +82,22 @@ typedef {real} real;
 """
 
 _SOURCE = r"""
+/* b[i][c][r] = a[i][r][c] for i < batch, r < rows, c < cols (the weight's layouts), in 16 x 16
+   tiles; items [t0, t1) of the batch's tile rows, i * ceil(rows / 16) + row tile */
+void transpose(const real* a, real* b, int64_t rows, int64_t cols, int64_t t0, int64_t t1) {
+    const int64_t tiles = (rows + 15) / 16;
+    for (int64_t t = t0; t < t1; t++) {
+        const real* ai = a + t / tiles * rows * cols;
+        real* bi = b + t / tiles * rows * cols;
+        const int64_t r0 = t % tiles * 16, r1 = r0 + 16 < rows ? r0 + 16 : rows;
+        for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+            const int64_t c1 = c0 + 16 < cols ? c0 + 16 : cols;
+            for (int64_t c = c0; c < c1; c++)
+                for (int64_t r = r0; r < r1; r++) bi[c * rows + r] = ai[r * cols + c];
+        }
+    }
+}
+
 /* mask[((n*H + h)*W + w)*words + c/32] bit c%32: x[n, c, h, w] != 0; counts the bits set */
 void build_mask(const real* x, uint32_t* mask, int64_t C, int64_t H, int64_t W, int64_t words,
                 int64_t xn, int64_t xc, int64_t xh, int64_t xw, int64_t n0, int64_t n1, double* count) {
@@ -103,25 +135,53 @@ void build_mask(const real* x, uint32_t* mask, int64_t C, int64_t H, int64_t W, 
         }                                                                                      \
     }
 
+/* The active inputs (n, c, ih, iw) of images [n0, n1) with their value v, in one of two orders.
+   Position-major (nb == 0): each position's active channels; the whole weight is read per image.
+   Channel-major (nb > 0): per block of nb images, per channel c, its active positions: channel
+   c's weight rows stay in the L1 cache and the block's outputs in L2 (for large weights). */
+#define VISIT(body)                                                                            \
+    {                                                                                          \
+        const real v = BINARY ? (real)1 : x[n * xn + c * xc + ih * xh + iw * xw];             \
+        (void)v;                                                                               \
+        body                                                                                   \
+    }
 #define FOR_ACTIVE(body)                                                                       \
-    for (int64_t ih = 0; ih < H; ih++)                                                         \
-        for (int64_t iw = 0; iw < W; iw++) {                                                   \
-            const uint32_t* m = mask + ((n * H + ih) * W + iw) * words;                        \
-            for (int64_t k = 0; k < words; k++) {                                              \
-                uint32_t bits = m[k];                                                          \
-                while (bits) {                                                                 \
-                    const int64_t c = k * 32 + __builtin_ctz(bits);                          \
-                    bits &= bits - 1;                                                          \
-                    const real v = BINARY ? (real)1 : x[n * xn + c * xc + ih * xh + iw * xw];  \
-                    body                                                                       \
+    if (nb == 0) {                                                                             \
+        for (int64_t n = n0; n < n1; n++)                                                      \
+            for (int64_t ih = 0; ih < H; ih++)                                                 \
+                for (int64_t iw = 0; iw < W; iw++) {                                           \
+                    const uint32_t* m = mask + ((n * H + ih) * W + iw) * words;                \
+                    for (int64_t k = 0; k < words; k++) {                                      \
+                        uint32_t bits = m[k];                                                  \
+                        while (bits) {                                                         \
+                            const int64_t c = k * 32 + __builtin_ctz(bits);                    \
+                            bits &= bits - 1;                                                  \
+                            VISIT(body)                                                        \
+                        }                                                                      \
+                    }                                                                          \
                 }                                                                              \
+    } else {                                                                                   \
+        for (int64_t b0 = n0; b0 < n1; b0 += nb)                                               \
+            for (int64_t c = 0; c < C; c++) {                                                  \
+                const uint32_t* mc = mask + (c >> 5);                                          \
+                const uint32_t bit = 1u << (c & 31);                                           \
+                for (int64_t n = b0; n < (b0 + nb < n1 ? b0 + nb : n1); n++)                   \
+                    for (int64_t ih = 0; ih < H; ih++)                                         \
+                        for (int64_t iw = 0; iw < W; iw++)                                     \
+                            if (mc[((n * H + ih) * W + iw) * words] & bit) VISIT(body)         \
             }                                                                                  \
-        }
+    }
 
-/* y[n, oh, ow, :] (channels last) = bias + sum over active inputs of v * wt[kh][kw][c][:] */
+/* channel c's weight row for tap (kh, kw): the weight's memory [CO, C*KH*KW] transposed, rows of CO;
+   cs, ks: the row strides of a channel and a tap (KH*KW and 1 for a contiguous weight, 1 and C for
+   a channels_last one) */
+#define WROW(c) ((c) * cs + (kh * KW + kw) * ks)
+
+/* y[n, oh, ow, :] (channels last) = bias + sum over active inputs of v * wt[WROW(c)][:] */
 void forward(const real* x, const uint32_t* mask, const real* wt, const real* bias, real* y,
              int64_t C, int64_t H, int64_t W, int64_t words, int64_t OH, int64_t OW,
-             int64_t xn, int64_t xc, int64_t xh, int64_t xw, int64_t n0, int64_t n1) {
+             int64_t xn, int64_t xc, int64_t xh, int64_t xw, int64_t n0, int64_t n1, int64_t nb,
+             int64_t cs, int64_t ks) {
     for (int64_t n = n0; n < n1; n++) {
         real* yb = y + n * OH * OW * CO;
         if (bias) {
@@ -130,28 +190,26 @@ void forward(const real* x, const uint32_t* mask, const real* wt, const real* bi
         } else {
             memset(yb, 0, sizeof(real) * OH * OW * CO);
         }
-        FOR_ACTIVE(FOR_TAPS({
-            const real* wr = wt + ((kh * KW + kw) * C + c) * CO;
-            real* yr = yb + (oh * OW + ow) * CO;
-            if (BINARY) { for (int o = 0; o < CO; o++) yr[o] += wr[o]; }
-            else { for (int o = 0; o < CO; o++) yr[o] += v * wr[o]; }
-        }))
     }
+    FOR_ACTIVE(FOR_TAPS({
+        const real* wr = wt + WROW(c) * CO;
+        real* yr = y + ((n * OH + oh) * OW + ow) * CO;
+        if (BINARY) { for (int o = 0; o < CO; o++) yr[o] += wr[o]; }
+        else { for (int o = 0; o < CO; o++) yr[o] += v * wr[o]; }
+    }))
 }
 
-/* gw[kh][kw][c][:] += sum over active inputs of v * gy[n, oh, ow, :] (gy channels last) */
+/* gw[WROW(c)][:] += sum over active inputs of v * gy[n, oh, ow, :] (gy channels last) */
 void weight_grad(const real* x, const uint32_t* mask, const real* gy, real* gw,
                  int64_t C, int64_t H, int64_t W, int64_t words, int64_t OH, int64_t OW,
-                 int64_t xn, int64_t xc, int64_t xh, int64_t xw, int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n++) {
-        const real* gb = gy + n * OH * OW * CO;
-        FOR_ACTIVE(FOR_TAPS({
-            real* ar = gw + ((kh * KW + kw) * C + c) * CO;
-            const real* gr = gb + (oh * OW + ow) * CO;
-            if (BINARY) { for (int o = 0; o < CO; o++) ar[o] += gr[o]; }
-            else { for (int o = 0; o < CO; o++) ar[o] += v * gr[o]; }
-        }))
-    }
+                 int64_t xn, int64_t xc, int64_t xh, int64_t xw, int64_t n0, int64_t n1, int64_t nb,
+                 int64_t cs, int64_t ks) {
+    FOR_ACTIVE(FOR_TAPS({
+        real* ar = gw + WROW(c) * CO;
+        const real* gr = gy + ((n * OH + oh) * OW + ow) * CO;
+        if (BINARY) { for (int o = 0; o < CO; o++) ar[o] += gr[o]; }
+        else { for (int o = 0; o < CO; o++) ar[o] += v * gr[o]; }
+    }))
 }
 """
 
@@ -175,8 +233,9 @@ _LIBS: Dict[ConvGeometry, Optional[ctypes.CDLL]] = {}
 _LOCK = threading.Lock()
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _ARGS_MASK = [_PTR, _PTR] + [_I64] * 10 + [_PTR]
-_ARGS_FWD = [_PTR] * 5 + [_I64] * 12
-_ARGS_WGRAD = [_PTR] * 4 + [_I64] * 12
+_ARGS_TRANSPOSE = [_PTR, _PTR] + [_I64] * 4
+_ARGS_FWD = [_PTR] * 5 + [_I64] * 15
+_ARGS_WGRAD = [_PTR] * 4 + [_I64] * 15
 
 
 def _library(geo: ConvGeometry) -> Optional[ctypes.CDLL]:
@@ -190,7 +249,8 @@ def _library(geo: ConvGeometry) -> Optional[ctypes.CDLL]:
             lib = build_library(source, "sc", geo.dtype, "the event-driven spike convolution",
                                 "convolutions of spikes run dense (slower)", compiler_at_fault=False)
             if lib is not None:
-                for name, args in (("build_mask", _ARGS_MASK), ("forward", _ARGS_FWD), ("weight_grad", _ARGS_WGRAD)):
+                for name, args in (("build_mask", _ARGS_MASK), ("forward", _ARGS_FWD), ("weight_grad", _ARGS_WGRAD),
+                                   ("transpose", _ARGS_TRANSPOSE)):
                     fn = getattr(lib, name)
                     fn.argtypes, fn.restype = args, None
             _LIBS[geo] = lib
@@ -230,6 +290,34 @@ def event_driven(x: torch.Tensor, weight: torch.Tensor, padding) -> bool:
     return True
 
 
+def _order(geo: ConvGeometry, channels: int, oh: int, ow: int) -> int:
+    """The kernels' loop order: 0 for position-major, else channel-major over blocks of this many
+    images (weights over :data:`CHANNEL_MAJOR_BYTES`, whose rows would otherwise be read from
+    memory again for every image)."""
+    item = torch.finfo(geo.dtype).bits // 8
+    if channels * geo.kernel[0] * geo.kernel[1] * geo.out_channels * item <= CHANNEL_MAJOR_BYTES:
+        return 0
+    return max(1, OUTPUT_BLOCK_BYTES // (oh * ow * geo.out_channels * item))
+
+
+def _transpose(lib: ctypes.CDLL, a: torch.Tensor, batch: int, rows: int, cols: int, out: torch.Tensor) -> torch.Tensor:
+    """``out`` viewed as ``[batch, cols, rows]`` := ``a`` viewed as ``[batch, rows, cols]`` transposed, both
+    contiguous (a strided copy by PyTorch takes 2-3x as long on a 9 MB weight)."""
+    assert a.is_contiguous() and out.is_contiguous() and a.numel() == out.numel() == batch * rows * cols
+    run_parallel(lib.transpose, _threads_over(batch * -(-rows // 16)), lambda t0, t1, i: (
+        a.data_ptr(), out.data_ptr(), rows, cols, t0, t1))
+    return out
+
+
+def _weight_memory(weight: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+    """The weight ``[CO, C, KH, KW]`` as its memory, a contiguous ``[CO, ...]`` view (a copy for
+    other layouts), and the strides of a channel and of a tap in it (:c:macro:`WROW`)."""
+    _, c, kh, kw = weight.shape
+    if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        return weight.permute(0, 2, 3, 1), 1, c
+    return weight.contiguous(), kh * kw, 1
+
+
 def _threads_over(n: int) -> list:
     return split(n, torch.get_num_threads())
 
@@ -253,8 +341,8 @@ def _mask(lib: ctypes.CDLL, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
 def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride, padding,
                  dilation, *, binary: bool, dense=None) -> torch.Tensor:
     """``conv2d(x, weight, bias, stride, padding, dilation)`` of a sparse input, event-driven
-    where :func:`event_driven` allows it, the output has at least :data:`MIN_POSITIONS`
-    positions, the kernel reaches at least two outputs per input (not 1x1) and at most
+    where :func:`event_driven` allows it, the dense convolution would take at least
+    :data:`MIN_WORK` multiply-adds, the kernel reaches at least two outputs per input (not 1x1) and at most
     :data:`DENSITY_LIMIT` of ``x`` is not zero; else ``dense()`` (default
     :func:`torch.nn.functional.conv2d`). ``binary``: ``x`` holds only 0 and 1 (then only where it
     is 1 is kept for the backward pass)."""
@@ -268,7 +356,8 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     oh, ow = geo.output_size(*x.shape[2:])
     if oh <= 0 or ow <= 0:
         return dense()  # its error names the sizes
-    if (x.shape[0] * oh * ow < MIN_POSITIONS or (bias is not None and bias.dtype != x.dtype)
+    work = x.shape[0] * oh * ow * weight.numel()
+    if (work < MIN_WORK or (bias is not None and bias.dtype != x.dtype)
             or geo.kernel[0] * geo.kernel[1] < 2 * geo.stride[0] * geo.stride[1]):
         return dense()  # (a 1x1 convolution is one matrix product: too little to skip to pay for the mask)
     lib = _library(geo)
@@ -284,7 +373,8 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if isinstance(kept, torch.Tensor):
         kept = kept.detach()  # (not a small integer after all: kept as it is)
     y = _SpikeConv2d.apply(x, weight, bias, mask, geo, lib, kept)
-    if recording:  # a batch norm keeping y keeps how to build it again from the mask instead
+    # a batch norm keeping y keeps how to build it again from the mask instead, where that is cheap
+    if recording and active * geo.kernel[0] * geo.kernel[1] <= REBUILD_LIMIT * x.shape[0] * oh * ow:
         mark_recomputable(y, functools.partial(_rebuild, geo, lib, mask, kept, x.shape, weight, weight._version,
                                                bias, bias._version if bias is not None else 0))
     return y
@@ -294,13 +384,16 @@ def _forward(geo: ConvGeometry, lib: ctypes.CDLL, x: Optional[torch.Tensor], mas
              weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     N, C, H, W = shape
     OH, OW = geo.output_size(H, W)
-    wt = weight.detach().permute(2, 3, 1, 0).contiguous()  # [KH, KW, C, CO]: rows of CO
+    co, k = geo.out_channels, C * geo.kernel[0] * geo.kernel[1]
+    memory, cs, ks = _weight_memory(weight.detach())
+    wt = _transpose(lib, memory, 1, co, k, weight.new_empty((k, co)))  # rows of CO
     y = torch.empty((N, geo.out_channels, OH, OW), dtype=geo.dtype, memory_format=torch.channels_last)
     b = bias.detach().contiguous() if bias is not None else None
     strides = x.stride() if x is not None else (0, 0, 0, 0)
+    nb = _order(geo, C, OH, OW)
     run_parallel(lib.forward, _threads_over(N), lambda a, e, i: (
         x.data_ptr() if x is not None else None, mask.data_ptr(), wt.data_ptr(),
-        b.data_ptr() if b is not None else None, y.data_ptr(), C, H, W, _words(C), OH, OW, *strides, a, e))
+        b.data_ptr() if b is not None else None, y.data_ptr(), C, H, W, _words(C), OH, OW, *strides, a, e, nb, cs, ks))
     return y
 
 
@@ -345,20 +438,31 @@ class _SpikeConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # the input's values do not matter to its gradient: a stand-in of its shape holding one
             # element, and the weight in channels_last, as the dense path does for a channels_last input
+            kh, kw = geo.kernel
+            wcl = weight if weight.is_contiguous(memory_format=torch.channels_last) else _transpose(
+                lib, weight.contiguous(), geo.out_channels, C, kh * kw, weight.new_empty((geo.out_channels, kh, kw, C))
+            ).permute(0, 3, 1, 2)  # the weight in channels_last, as the dense path makes it for a channels_last input
             gx = torch.ops.aten.convolution_backward(
-                gy, gy.new_empty(1).expand(ctx.shape), weight.contiguous(memory_format=torch.channels_last), None,
+                gy, gy.new_empty(1).expand(ctx.shape), wcl, None,
                 list(geo.stride), list(geo.padding), list(geo.dilation), False, [0, 0], 1, [True, False, False])[0]
             gx = gx.contiguous(memory_format=torch.channels_last)  # (no copy when oneDNN chose it)
         if ctx.needs_input_grad[1]:
             OH, OW = gy.shape[2:]
             bounds = _threads_over(N)
-            acc = torch.zeros((len(bounds), geo.kernel[0], geo.kernel[1], C, geo.out_channels), dtype=geo.dtype)
+            nb = _order(geo, C, OH, OW)
+            acc = torch.zeros((len(bounds), C * geo.kernel[0] * geo.kernel[1], geo.out_channels), dtype=geo.dtype)
+            # accumulated in the weight's own layout (rows as in the forward), so that adding it to
+            # .grad copies nothing more
+            gw = torch.empty_like(weight, memory_format=torch.preserve_format)
+            memory, cs, ks = _weight_memory(gw)
             run_parallel(lib.weight_grad, bounds, lambda a, e, i: (
                 x.data_ptr() if x is not None else None, mask.data_ptr(), gy.data_ptr(), acc[i].data_ptr(),
-                C, H, W, _words(C), OH, OW, *(x.stride() if x is not None else (0, 0, 0, 0)), a, e))
-            # in the weight's own layout, so that accumulating it into .grad copies nothing more
-            gw = torch.empty_like(weight, memory_format=torch.preserve_format)
-            gw.copy_((acc[0] if len(bounds) == 1 else acc.sum(0)).permute(3, 2, 0, 1))
+                C, H, W, _words(C), OH, OW, *(x.stride() if x is not None else (0, 0, 0, 0)), a, e, nb, cs, ks))
+            summed = acc[0] if len(bounds) == 1 else acc.sum(0)
+            if memory.data_ptr() == gw.data_ptr():
+                _transpose(lib, summed, 1, summed.shape[0], geo.out_channels, memory)
+            else:  # (neither layout: a copy was made)
+                gw.copy_(summed.t().reshape(memory.shape))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
         gx, gw, gb = first_order(gx, gw, gb, device=gy.device, message=_TWICE)
