@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .kernels.spikeconv import spike_conv2d
-from .memory import mark_spikes, pool_spikes, spike_kind
+from .kernels.spikepool import pool_spikes
+from .memory import mark_spikes, spike_kind
 
 __all__ = ["SeqFold", "seq_fold", "steps_channels_last", "repeat_steps", "SharedDropout", "FeaturePool", "Conv2d"]
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["mark_spikes", "spike_kind", "mark_recomputable", "Recomputable", "combined_bound",
-           "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved", "pool_spikes",
+           "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved",
            "unpack_saved", "PackedSpikes", "recompute", "memory_context", "recompute_chain",
            "recomputes_bn_neuron", "segments", "THIN_CONV", "thin_conv"]
 
@@ -388,39 +388,6 @@ def _compiling() -> bool:
         return bool(torch.compiler.is_compiling())
     except AttributeError:  # pragma: no cover - old torch
         return False
-
-
-# ---------------------------------------------------------------------------------------------
-# max pooling of spikes without saved indices
-# ---------------------------------------------------------------------------------------------
-class _SpikeMaxPool(torch.autograd.Function):
-    """Max pooling that keeps only its input for backward (compactly, when it is marked spikes)
-    and finds the maxima again there, instead of keeping an int64 index per output element (8
-    bytes: twice the input of a 2x2 pool in fp32, 64 times its 1-bit packed form)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, pool: nn.Module) -> torch.Tensor:  # type: ignore[override]
-        ctx.pool = pool
-        ctx.save_for_backward(x)
-        return pool(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            again = x.detach().requires_grad_(True)
-            y = ctx.pool(again)  # the same maxima, ties broken the same way: a deterministic kernel
-        (gx,) = torch.autograd.grad(y, again, grad)
-        return gx, None
-
-
-def pool_spikes(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``pool(x)`` for a max-pooling module; when autograd records and ``x`` is marked spikes, the
-    backward keeps no indices (see :class:`_SpikeMaxPool`). Gradients are identical to the plain
-    module's."""
-    if not torch.is_grad_enabled() or not x.requires_grad or spike_kind(x) is None or _compiling():
-        return pool(x)
-    return _SpikeMaxPool.apply(x, pool)
 
 
 # ---------------------------------------------------------------------------------------------
