@@ -32,6 +32,7 @@ chains); the networks apply it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["mark_spikes", "spike_kind", "mark_recomputable", "Recomputable", "combined_bound",
-           "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved",
+           "MEMORY_MODES", "check_memory_mode", "compact_spikes", "pack_saved", "stash", "unstash",
            "unpack_saved", "PackedSpikes", "recompute", "memory_context", "recompute_chain",
            "recomputes_bn_neuron", "segments", "THIN_CONV", "thin_conv"]
 
@@ -135,6 +136,28 @@ class PackedSpikes:
     def __repr__(self) -> str:
         return (f"PackedSpikes({tuple(self.shape)}, {self.dtype}, {'1 bit' if self.bits else '1 byte'} per element, "
                 f"{self.nbytes} bytes)")
+
+
+def stash(kept: Any) -> Tuple[Optional[torch.Tensor], Any]:
+    """``(tensor, rest)`` of what :func:`pack_saved` returned (a :class:`PackedSpikes`, a tensor
+    or None), for an autograd Function that keeps it itself: the tensor goes to
+    ``ctx.save_for_backward`` (so that autograd frees it once the backward pass has used it, where an
+    attribute of ``ctx`` would live as long as the graph), ``rest`` onto ``ctx``;
+    :func:`unstash` puts them together again."""
+    if isinstance(kept, PackedSpikes):
+        shell = copy.copy(kept)
+        shell.data = None
+        return kept.data, shell
+    return kept, None
+
+
+def unstash(tensor: Optional[torch.Tensor], rest: Any) -> Any:
+    """What :func:`stash` took apart."""
+    if isinstance(rest, PackedSpikes):
+        packed = copy.copy(rest)
+        packed.data = tensor
+        return packed
+    return tensor
 
 
 _REBUILD = "_sewforge_rebuild"

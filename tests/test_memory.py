@@ -429,7 +429,8 @@ def test_max_pooling_of_spikes_keeps_no_indices_and_gives_the_same_gradient(chan
     node = out.grad_fn
     while type(node).__name__ != "_SpikeMaxPoolBackward":
         node = node.next_functions[0][0]
-    assert isinstance(node.kept, PackedSpikes) and not node.kept.bits  # the input only, 1 byte per value
+    assert isinstance(node.rest, PackedSpikes) and not node.rest.bits  # the input only, 1 byte per value
+    assert [t.dtype for t in node.saved_tensors] == [torch.uint8]
     out.backward(grad)
     assert torch.equal(out, native) and torch.equal(spikes.grad, plain.grad)
 

@@ -259,10 +259,14 @@ def test_keeps_one_bit_per_binary_spike_for_backward(binary):
     masks = [t for t in saved if t.dtype == torch.int32]
     assert len(masks) == 1 and masks[0].numel() * 32 == x.numel()
     assert not [t for t in saved if t.shape == x.shape]
+    values = [t for t in saved if t.dtype == torch.uint8]
     if binary:
-        assert y.grad_fn.kept is None
-    else:
-        assert isinstance(y.grad_fn.kept, PackedSpikes) and y.grad_fn.kept.nbytes == x.numel()
+        assert not values and y.grad_fn.rest is None
+    else:  # 1 byte per value, kept through autograd (freed by the backward pass)
+        assert isinstance(y.grad_fn.rest, PackedSpikes) and len(values) == 1 and values[0].numel() == x.numel()
+    y.sum().backward()
+    with pytest.raises(RuntimeError, match="freed"):
+        y.grad_fn.saved_tensors
 
 
 @pytest.mark.parametrize("compiler", [None, "/bin/false"])

@@ -36,7 +36,7 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ..memory import mark_recomputable, pack_saved, unpack_saved
+from ..memory import mark_recomputable, pack_saved, stash, unpack_saved, unstash
 from .cpu import build_library, run_parallel, split
 from .ops import first_order
 
@@ -423,14 +423,16 @@ class _SpikeConv2d(torch.autograd.Function):
         y = _forward(geo, lib, x, mask, x.shape, weight, bias)
         ctx.geo, ctx.lib, ctx.shape = geo, lib, x.shape
         ctx.has_bias = bias is not None
-        ctx.kept = kept  # binary spikes are their mask: only a SEW output's values are kept as well
-        ctx.save_for_backward(mask, weight)
+        # binary spikes are their mask: only a SEW output's values are kept as well
+        values, ctx.rest = stash(kept)
+        ctx.save_for_backward(mask, weight, values)
         return y
 
     @staticmethod
     def backward(ctx, gy):  # type: ignore[override]
-        mask, weight = ctx.saved_tensors
-        x = unpack_saved(ctx.kept) if ctx.kept is not None else None
+        mask, weight, values = ctx.saved_tensors
+        kept = unstash(values, ctx.rest)
+        x = unpack_saved(kept) if kept is not None else None
         geo, lib = ctx.geo, ctx.lib
         N, C, H, W = ctx.shape
         gy = gy.detach().contiguous(memory_format=torch.channels_last)

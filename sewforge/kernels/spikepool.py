@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..memory import PackedSpikes, _compiling, pack_saved, spike_kind, unpack_saved
+from ..memory import PackedSpikes, _compiling, pack_saved, spike_kind, stash, unpack_saved, unstash
 from .cpu import build_library, run_parallel, split
 
 __all__ = ["pool_spikes", "available"]
@@ -185,16 +185,17 @@ class _SpikeMaxPool(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, pool: nn.Module) -> torch.Tensor:  # type: ignore[override]
         ctx.pool = pool
         kept = pack_saved(x)
-        if isinstance(kept, PackedSpikes):
-            ctx.kept = kept  # lossless and 8-32x smaller: kept by this op itself
+        if isinstance(kept, PackedSpikes):  # lossless and 8-32x smaller: kept by this op itself
+            data, ctx.rest = stash(kept)
+            ctx.save_for_backward(data)
         else:
-            ctx.kept = None
+            ctx.rest = None
             ctx.save_for_backward(x)  # (the memory mode's hooks decide)
         return pool(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x = ctx.kept if ctx.kept is not None else ctx.saved_tensors[0]
+        x = unstash(ctx.saved_tensors[0], ctx.rest)
         gx = _backward_c(ctx.pool, x, grad)
         if gx is None:
             x = unpack_saved(x)
