@@ -60,7 +60,7 @@ def check_against_dense(x, w, b, stride, padding, dilation, *, binary, rtol=1e-1
     y = spikeconv.spike_conv2d(x, w, b, stride, padding, dilation, binary=binary)
     # a tensor that is contiguous in both layouts (one channel, or one pixel) has no known layout;
     # above the density limit, and for kernels that reach few outputs per input, dense is faster
-    sparse = int((x != 0).sum()) <= spikeconv.DENSITY_LIMIT * x.numel()
+    sparse = int((x != 0).sum()) <= spikeconv.density_limit() * x.numel()
     reach = w.shape[2] * w.shape[3] >= 2 * stride * stride
     assert spikeconv.ran_event_driven(y) == (sparse and reach and not x.is_contiguous())
     xr, wr = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
@@ -140,7 +140,7 @@ def test_several_threads_give_the_one_thread_weight_gradient(order):
 
 
 def _check_threads():
-    x = spikes((6, 16, 12, 12), 0.1)
+    x = spikes((6, 16, 12, 12), 0.05)  # (under density_limit() with 3 threads too)
     w = torch.randn(8, 16, 3, 3, dtype=torch.float64)
     gy = torch.randn(6, 8, 12, 12, dtype=torch.float64).contiguous(memory_format=CL)
     grads = []
@@ -155,6 +155,24 @@ def _check_threads():
     finally:
         torch.set_num_threads(old)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+def test_fewer_inputs_may_fire_with_more_threads():
+    # oneDNN's dense convolution gains from a second thread, the event-driven kernels less
+    x = spikes((4, 16, 12, 12), 0.15)
+    w = torch.randn(8, 16, 3, 3, dtype=torch.float64, requires_grad=True)  # (autograd records which path ran)
+    old = torch.get_num_threads()
+    ran = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert spikeconv.density_limit() == spikeconv.DENSITY_LIMIT / threads
+            y = spikeconv.spike_conv2d(x, w, None, 1, 1, 1, binary=True)
+            ran[threads] = spikeconv.ran_event_driven(y)
+            torch.testing.assert_close(y, F.conv2d(x, w, None, 1, 1), rtol=1e-12, atol=1e-12)
+    finally:
+        torch.set_num_threads(old)
+    assert ran == {1: True, 2: False}
 
 
 @pytest.mark.parametrize("case", ["dense input", "NCHW layout", "float16", "groups", "env off", "no output",

@@ -8,14 +8,14 @@ input is the dense transposed convolution either way (the output gradient is not
 computed by PyTorch's own convolution backward, bit for bit what the dense path gives.
 
 Which inputs are active is one bit per (position, channel), found in one pass over the input that
-also counts them: above :data:`DENSITY_LIMIT` the dense convolution (oneDNN) is faster and runs
-instead. Binary spikes keep only those bits for the backward pass (1 bit per element, rounded up to
-32 channels per position); other values (the integers of a SEW ``ADD``) keep the input too, 1 byte
-per element. Where rebuilding it is cheap (:data:`REBUILD_LIMIT`), the output itself need not be
-kept by anyone: it is marked (:func:`sewforge.memory.mark_recomputable`) so that the networks'
-compact memory keeps how to build it again from those bits instead of a batch norm's fp32 input,
-and rebuilds it bit for bit in the backward pass (the forward kernel sums each image in a fixed
-order).
+also counts them: above :func:`density_limit` (20% on one thread, less on more) the dense
+convolution (oneDNN) is faster and runs instead. Binary spikes keep only those bits for the
+backward pass (1 bit per element, rounded up to 32 channels per position); other values (the
+integers of a SEW ``ADD``) keep the input too, 1 byte per element. Where rebuilding it is cheap
+(:data:`REBUILD_LIMIT`), the output itself need not be kept by anyone: it is marked
+(:func:`sewforge.memory.mark_recomputable`) so that the networks' compact memory keeps how to build
+it again from those bits instead of a batch norm's fp32 input, and rebuilds it bit for bit in the
+backward pass (the forward kernel sums each image in a fixed order).
 
 Each (output channels, kernel size, stride, padding, dilation, binary, dtype) is compiled once
 from C (as the neuron kernels, :func:`sewforge.kernels.cpu.build_library`), so the inner loops run
@@ -40,13 +40,15 @@ from ..memory import mark_recomputable, pack_saved, stash, unpack_saved, unstash
 from .cpu import build_library, run_parallel, split
 from .ops import first_order
 
-__all__ = ["spike_conv2d", "event_driven", "ran_event_driven", "available", "DENSITY_LIMIT", "MIN_WORK",
-           "ConvGeometry"]
+__all__ = ["spike_conv2d", "event_driven", "ran_event_driven", "available", "DENSITY_LIMIT", "density_limit",
+           "MIN_WORK", "ConvGeometry"]
 
-#: fraction of non-zero inputs above which the dense convolution runs. Measured on one core
-#: (forward + backward of SEW ResNet-18's and 7B-Net's 3x3 convolutions, the input gradient dense
-#: in both): at 5% the event-driven path takes 0.5-0.6x oneDNN's time, at 16% 0.65-0.8x, at 25%
-#: 0.75-1.0x, at 35% 0.85-1.2x.
+#: fraction of non-zero inputs above which the dense convolution runs, with one torch thread
+#: (:func:`density_limit`: divided by the number of threads). Measured on one core (forward +
+#: backward of SEW ResNet-18's and 7B-Net's 3x3 convolutions, the input gradient dense in both): at
+#: 5% the event-driven path takes 0.5-0.6x oneDNN's time, at 16% 0.65-0.8x, at 25% 0.75-1.0x, at
+#: 35% 0.85-1.2x. With two threads oneDNN runs 1.9-2x faster and the event-driven kernels, bound
+#: by memory, 1.3x: at 3% 0.6-0.8x, at 10% 0.75-1.0x, at 13% 0.8-1.1x, at 16% 1.15-1.25x.
 DENSITY_LIMIT = 0.2
 #: least work worth it, in the dense convolution's multiply-adds (N x OH x OW x C_out x C x KH x
 #: KW): the mask, the weight's two transposes and the calls cost about what 10 million take
@@ -318,6 +320,14 @@ def _weight_memory(weight: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
     return weight.contiguous(), kh * kw, 1
 
 
+def density_limit() -> float:
+    """The fraction of non-zero inputs up to which a convolution runs event-driven now:
+    :data:`DENSITY_LIMIT` over the number of torch threads (oneDNN's dense convolution gains from
+    every thread; the event-driven kernels, bound by memory, less: measured for 1 and 2 threads,
+    below that for more)."""
+    return DENSITY_LIMIT / max(1, torch.get_num_threads())
+
+
 def _threads_over(n: int) -> list:
     return split(n, torch.get_num_threads())
 
@@ -343,7 +353,7 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     """``conv2d(x, weight, bias, stride, padding, dilation)`` of a sparse input, event-driven
     where :func:`event_driven` allows it, the dense convolution would take at least
     :data:`MIN_WORK` multiply-adds, the kernel reaches at least two outputs per input (not 1x1) and at most
-    :data:`DENSITY_LIMIT` of ``x`` is not zero; else ``dense()`` (default
+    :func:`density_limit` of ``x`` is not zero; else ``dense()`` (default
     :func:`torch.nn.functional.conv2d`). ``binary``: ``x`` holds only 0 and 1 (then only where it
     is 1 is kept for the backward pass)."""
     if dense is None:
@@ -364,7 +374,7 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if lib is None:
         return dense()
     mask, active = _mask(lib, x)
-    if active > DENSITY_LIMIT * x.numel():
+    if active > density_limit() * x.numel():
         return dense()
     recording = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                              or (bias is not None and bias.requires_grad))
