@@ -293,7 +293,7 @@ def test_without_a_working_compiler_runs_dense_after_one_warning(monkeypatch, tm
     monkeypatch.setattr(cpu, "_compiler", lambda: compiler)
     monkeypatch.setattr(cpu, "_BROKEN", {})
     monkeypatch.setattr(cpu, "_WARNED", [])
-    monkeypatch.setattr(spikeconv, "_LIBS", {})
+    monkeypatch.setattr(cpu, "_CACHED", {})
     monkeypatch.setenv("SEWFORGE_KERNEL_CACHE", str(tmp_path))
     x = spikes((2, 4, 8, 8), 0.1, dtype=torch.float32).requires_grad_(True)
     w = torch.randn(6, 4, 3, 3)

@@ -2,6 +2,8 @@
 with the input kept packed and (on the CPU) the backward computed from the packed values."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -130,7 +132,10 @@ def test_falls_back_to_pytorch_pooling(case, monkeypatch, ran):
     x = values((2, 4, 8, 8), "binary", torch.float64, 2, CL)
     pool = nn.MaxPool2d(2)
     if case == "no compiler":
-        monkeypatch.setattr(spikepool, "_LIBS", {torch.float64: None})
+        from sewforge.kernels import cpu
+        monkeypatch.setattr(cpu, "_compiler", lambda: None)
+        monkeypatch.setattr(cpu, "_CACHED", {})
+        monkeypatch.setattr(cpu, "_WARNED", [])
     if case == "1-D pooling":
         x = x.flatten(2)
         pool = nn.MaxPool1d(2)
@@ -138,7 +143,13 @@ def test_falls_back_to_pytorch_pooling(case, monkeypatch, ran):
     marked = mark_spikes(x.clone().requires_grad_(True), binary=True)
     create = case == "create_graph"
     want = torch.autograd.grad(pool(native_in).square().sum(), native_in, create_graph=create)[0]
-    got = torch.autograd.grad(spikepool.pool_spikes(pool, marked).square().sum(), marked, create_graph=create)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = torch.autograd.grad(spikepool.pool_spikes(pool, marked).square().sum(), marked, create_graph=create)[0]
+    # without a compiler, one line says what runs instead
+    assert [str(w.message) for w in caught if "no C compiler" in str(w.message)] == (
+        ["sewforge: no C compiler found (set CC or install gcc); max pooling of spikes recomputes PyTorch's "
+         "pooling in backward (slower)"] if case == "no compiler" else [])
     assert ran == [False] and torch.equal(got, want)
     if create:  # the graph of the gradient is PyTorch's own: differentiable again, same second derivative
         second = torch.autograd.grad(got.square().sum(), marked)[0]

@@ -31,7 +31,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -366,6 +366,30 @@ def build_library(source: str, prefix: str, dtype: torch.dtype, what: str, fallb
     except OSError as exc:
         _warn_once(f"sewforge: could not load {what} {path} ({exc}); {fallback}")
         return None
+
+
+#: the C type of each dtype the compiled kernels take as ``real``
+C_REAL = {torch.float32: "float", torch.float64: "double"}
+_CACHED: Dict[Any, Optional[ctypes.CDLL]] = {}
+
+
+def cached_library(key: Any, source: Callable[[], str], prefix: str, dtype: torch.dtype, what: str, fallback: str, *,
+                   compiler_at_fault: bool, functions: Dict[str, Sequence[Any]]) -> Optional[ctypes.CDLL]:
+    """:func:`build_library` of ``source()`` once per ``key`` in this process (None too: the warning
+    is not repeated), with the argument types of ``functions`` (name -> ctypes types, no result)
+    declared; the one cache of the kernels specialised by a key of their own (spike convolution,
+    max pooling, multi-state neurons)."""
+    if key in _CACHED:
+        return _CACHED[key]
+    with _LOCK:
+        if key not in _CACHED:
+            lib = build_library(source(), prefix, dtype, what, fallback, compiler_at_fault=compiler_at_fault)
+            if lib is not None:
+                for name, argtypes in functions.items():
+                    fn = getattr(lib, name)
+                    fn.argtypes, fn.restype = list(argtypes), None
+            _CACHED[key] = lib
+    return _CACHED[key]
 
 
 def c_available(spec: KernelSpec) -> bool:

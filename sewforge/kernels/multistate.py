@@ -42,7 +42,6 @@ import hashlib
 import inspect
 import os
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -563,8 +562,8 @@ def generate_source(spec: _Spec, dtype: torch.dtype) -> str:
     return "\n".join(src)
 
 
-_LIBS: Dict[Tuple[_Spec, torch.dtype], Any] = {}
-_LOCK = threading.Lock()
+_FUNCTIONS = {"fwd": [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 6 + [ctypes.c_double] * 2 + [ctypes.c_void_p],
+              "bwd": [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 6 + [ctypes.c_double] * 3 + [ctypes.c_void_p]}
 
 
 def _library(spec: _Spec, dtype: torch.dtype) -> Optional[ctypes.CDLL]:
@@ -576,26 +575,9 @@ def _library(spec: _Spec, dtype: torch.dtype) -> Optional[ctypes.CDLL]:
         return None
     if spec.surrogate.c_derivative is None or (spec.g is not None and not spec.g.has_c):
         return None
-    key = (spec, dtype)
-    if key in _LIBS:
-        return _LIBS[key]
-    with _LOCK:
-        if key in _LIBS:
-            return _LIBS[key]
-        _LIBS[key] = lib = _build(spec, dtype, cpu)
-    return lib
-
-
-def _build(spec: _Spec, dtype: torch.dtype, cpu: Any) -> Optional[ctypes.CDLL]:
-    lib = cpu.build_library(generate_source(spec, dtype), "sfms", dtype, f"the CPU kernel of {spec.eq.name}",
-                            "it runs the PyTorch reference", compiler_at_fault=False)
-    if lib is None:
-        return None
-    lib.fwd.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 6 + [ctypes.c_double] * 2 + [ctypes.c_void_p]
-    lib.fwd.restype = None
-    lib.bwd.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 6 + [ctypes.c_double] * 3 + [ctypes.c_void_p]
-    lib.bwd.restype = None
-    return lib
+    return cpu.cached_library(("multi-state", spec, dtype), lambda: generate_source(spec, dtype), "sfms", dtype,
+                              f"the CPU kernel of {spec.eq.name}", "it runs the PyTorch reference",
+                              compiler_at_fault=False, functions=_FUNCTIONS)
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:

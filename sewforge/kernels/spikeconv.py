@@ -31,13 +31,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import threading
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from ..memory import mark_recomputable, pack_saved, stash, unpack_saved, unstash
-from .cpu import build_library, run_parallel, split
+from .cpu import C_REAL, cached_library, run_parallel, split
 from .ops import first_order
 
 __all__ = ["spike_conv2d", "event_driven", "ran_event_driven", "available", "DENSITY_LIMIT", "density_limit",
@@ -65,7 +64,6 @@ REBUILD_LIMIT = 256
 CHANNEL_MAJOR_BYTES = 1 << 20
 OUTPUT_BLOCK_BYTES = 512 << 10
 
-_REAL = {torch.float32: "float", torch.float64: "double"}
 _CHOICES = ("auto", "dense")
 
 _HEADER = """#include <stdint.h>
@@ -231,32 +229,18 @@ class ConvGeometry(NamedTuple):
             (h, w), self.padding, self.dilation, self.kernel, self.stride))  # type: ignore[return-value]
 
 
-_LIBS: Dict[ConvGeometry, Optional[ctypes.CDLL]] = {}
-_LOCK = threading.Lock()
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-_ARGS_MASK = [_PTR, _PTR] + [_I64] * 10 + [_PTR]
-_ARGS_TRANSPOSE = [_PTR, _PTR] + [_I64] * 4
-_ARGS_FWD = [_PTR] * 5 + [_I64] * 15
-_ARGS_WGRAD = [_PTR] * 4 + [_I64] * 15
+_FUNCTIONS = {"build_mask": [_PTR, _PTR] + [_I64] * 10 + [_PTR], "forward": [_PTR] * 5 + [_I64] * 15,
+              "weight_grad": [_PTR] * 4 + [_I64] * 15, "transpose": [_PTR, _PTR] + [_I64] * 4}
 
 
 def _library(geo: ConvGeometry) -> Optional[ctypes.CDLL]:
-    if geo in _LIBS:
-        return _LIBS[geo]
-    with _LOCK:
-        if geo not in _LIBS:
-            source = _HEADER.format(real=_REAL[geo.dtype], co=geo.out_channels, kh=geo.kernel[0], kw=geo.kernel[1],
-                                    sh=geo.stride[0], sw=geo.stride[1], ph=geo.padding[0], pw=geo.padding[1],
-                                    dh=geo.dilation[0], dw=geo.dilation[1], binary=int(geo.binary)) + _SOURCE
-            lib = build_library(source, "sc", geo.dtype, "the event-driven spike convolution",
-                                "convolutions of spikes run dense (slower)", compiler_at_fault=False)
-            if lib is not None:
-                for name, args in (("build_mask", _ARGS_MASK), ("forward", _ARGS_FWD), ("weight_grad", _ARGS_WGRAD),
-                                   ("transpose", _ARGS_TRANSPOSE)):
-                    fn = getattr(lib, name)
-                    fn.argtypes, fn.restype = args, None
-            _LIBS[geo] = lib
-    return _LIBS[geo]
+    def source() -> str:
+        return _HEADER.format(real=C_REAL[geo.dtype], co=geo.out_channels, kh=geo.kernel[0], kw=geo.kernel[1],
+                              sh=geo.stride[0], sw=geo.stride[1], ph=geo.padding[0], pw=geo.padding[1],
+                              dh=geo.dilation[0], dw=geo.dilation[1], binary=int(geo.binary)) + _SOURCE
+    return cached_library(("spike conv", geo), source, "sc", geo.dtype, "the event-driven spike convolution",
+                          "convolutions of spikes run dense (slower)", compiler_at_fault=False, functions=_FUNCTIONS)
 
 
 def available() -> bool:
@@ -279,7 +263,7 @@ def event_driven(x: torch.Tensor, weight: torch.Tensor, padding) -> bool:
                          "(auto: event-driven where it is faster, dense: never)")
     if choice == "dense":
         return False
-    if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in _REAL or weight.dtype != x.dtype
+    if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in C_REAL or weight.dtype != x.dtype
             or isinstance(padding, str) or x.numel() == 0 or weight.dim() != 4 or weight.shape[1] != x.shape[1]):
         return False
     if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():

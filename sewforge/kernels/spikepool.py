@@ -17,18 +17,15 @@ fire as usual.
 from __future__ import annotations
 
 import ctypes
-import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..memory import PackedSpikes, _compiling, pack_saved, spike_kind, stash, unpack_saved, unstash
-from .cpu import build_library, run_parallel, split
+from .cpu import C_REAL, cached_library, run_parallel, split
 
 __all__ = ["pool_spikes", "available"]
-
-_REAL = {torch.float32: "float", torch.float64: "double"}
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -134,24 +131,15 @@ void max_pool_backward(const void* src, int64_t kind, const real* gy, real* gx,
 }
 """
 
-_LIBS: Dict[torch.dtype, Optional[ctypes.CDLL]] = {}
-_LOCK = threading.Lock()
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+_FUNCTIONS = {"max_pool_backward": [_PTR, _I64, _PTR, _PTR] + [_I64] * 23}
 
 
 def _library(dtype: torch.dtype) -> Optional[ctypes.CDLL]:
-    if dtype not in _LIBS:
-        with _LOCK:
-            if dtype not in _LIBS:
-                lib = build_library(f"typedef {_REAL[dtype]} real;\n" + _SOURCE, "mp", dtype,
-                                    "the max-pooling backward of spikes",
-                                    "max pooling of spikes recomputes PyTorch's pooling in backward (slower)",
-                                    compiler_at_fault=False)
-                if lib is not None:
-                    lib.max_pool_backward.argtypes = [_PTR, _I64, _PTR, _PTR] + [_I64] * 23
-                    lib.max_pool_backward.restype = None
-                _LIBS[dtype] = lib
-    return _LIBS[dtype]
+    return cached_library(("max pool", dtype), lambda: f"typedef {C_REAL[dtype]} real;\n" + _SOURCE, "mp", dtype,
+                          "the max-pooling backward of spikes",
+                          "max pooling of spikes recomputes PyTorch's pooling in backward (slower)",
+                          compiler_at_fault=False, functions=_FUNCTIONS)
 
 
 def available() -> bool:
@@ -213,7 +201,7 @@ def _backward_c(pool: nn.Module, x: Any, grad: torch.Tensor) -> Optional[torch.T
     dtype, device, shape = x.dtype, x.device, x.shape
     stride = x.stride if packed else x.stride()
     geo = _geometry(pool)
-    if (geo is None or device.type != "cpu" or dtype not in _REAL or len(shape) != 4 or grad.dtype != dtype
+    if (geo is None or device.type != "cpu" or dtype not in C_REAL or len(shape) != 4 or grad.dtype != dtype
             or grad.dim() != 4 or torch.is_grad_enabled() or not _images_outermost(shape, stride)):
         return None  # (under create_graph=True PyTorch's own backward keeps the graph)
     if not packed and not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
