@@ -157,6 +157,21 @@ def _check_threads():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
+def test_the_mask_pass_stops_once_the_input_is_too_dense():
+    x = spikes((8, 40, 6, 6), 0.9, dtype=torch.float32)  # 40 channels: two mask words per position
+    lib = spikeconv._library(spikeconv.ConvGeometry(4, (3, 3), (1, 1), (1, 1), (1, 1), True, torch.float32))
+    nonzero = int((x != 0).sum())
+    mask, counted = spikeconv._mask(lib, x, float("inf"))
+    bits = mask.view(8, 6, 6, 2).numpy().view("uint32")
+    want = (x.permute(0, 2, 3, 1) != 0).reshape(8, 6, 6, 40)  # the mask, bit c % 32 of word c // 32
+    for c in range(40):
+        assert ((bits[..., c // 32] >> (c % 32)) & 1 == want[..., c].numpy()).all()
+    assert counted == nonzero
+    budget = 0.2 * x.numel()  # one image holds 0.9 / 8 of the elements: the pass stops after the second
+    _, counted = spikeconv._mask(lib, x, budget)
+    assert budget < counted < nonzero / 3
+
+
 def test_fewer_inputs_may_fire_with_more_threads():
     # oneDNN's dense convolution gains from a second thread, the event-driven kernels less
     x = spikes((4, 16, 12, 12), 0.15)

@@ -98,11 +98,13 @@ void transpose(const real* a, real* b, int64_t rows, int64_t cols, int64_t t0, i
     }
 }
 
-/* mask[((n*H + h)*W + w)*words + c/32] bit c%32: x[n, c, h, w] != 0; counts the bits set */
+/* mask[((n*H + h)*W + w)*words + c/32] bit c%32: x[n, c, h, w] != 0; counts the bits set, and
+   stops after the image where the count passes budget (the dense convolution runs then) */
 void build_mask(const real* x, uint32_t* mask, int64_t C, int64_t H, int64_t W, int64_t words,
-                int64_t xn, int64_t xc, int64_t xh, int64_t xw, int64_t n0, int64_t n1, double* count) {
+                int64_t xn, int64_t xc, int64_t xh, int64_t xw, int64_t n0, int64_t n1, double budget,
+                double* count) {
     int64_t total = 0;
-    for (int64_t n = n0; n < n1; n++)
+    for (int64_t n = n0; n < n1 && (double)total <= budget; n++)
         for (int64_t h = 0; h < H; h++)
             for (int64_t w = 0; w < W; w++) {
                 const real* xp = x + n * xn + h * xh + w * xw;
@@ -230,7 +232,7 @@ class ConvGeometry(NamedTuple):
 
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-_FUNCTIONS = {"build_mask": [_PTR, _PTR] + [_I64] * 10 + [_PTR], "forward": [_PTR] * 5 + [_I64] * 15,
+_FUNCTIONS = {"build_mask": [_PTR, _PTR] + [_I64] * 10 + [ctypes.c_double, _PTR], "forward": [_PTR] * 5 + [_I64] * 15,
               "weight_grad": [_PTR] * 4 + [_I64] * 15, "transpose": [_PTR, _PTR] + [_I64] * 4}
 
 
@@ -321,14 +323,16 @@ def _words(channels: int) -> int:
     return (channels + 31) // 32
 
 
-def _mask(lib: ctypes.CDLL, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
+def _mask(lib: ctypes.CDLL, x: torch.Tensor, budget: float) -> Tuple[torch.Tensor, int]:
+    """The bit mask of ``x``'s non-zero values and how many there are; once more than ``budget``
+    are found the pass stops (the count then exceeds ``budget``, the mask is incomplete)."""
     N, C, H, W = x.shape
     words = _words(C)
     mask = torch.empty(N * H * W * words, dtype=torch.int32)
     bounds = _threads_over(N)
     counts = (ctypes.c_double * len(bounds))()
     run_parallel(lib.build_mask, bounds, lambda a, b, i: (
-        x.data_ptr(), mask.data_ptr(), C, H, W, words, *x.stride(), a, b, ctypes.byref(counts, 8 * i)))
+        x.data_ptr(), mask.data_ptr(), C, H, W, words, *x.stride(), a, b, budget, ctypes.byref(counts, 8 * i)))
     return mask, int(sum(counts))
 
 
@@ -357,9 +361,10 @@ def spike_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     lib = _library(geo)
     if lib is None:
         return dense()
-    mask, active = _mask(lib, x)
-    if active > density_limit() * x.numel():
-        return dense()
+    budget = density_limit() * x.numel()
+    mask, active = _mask(lib, x, budget)
+    if active > budget:
+        return dense()  # (the mask pass stopped early)
     recording = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                              or (bias is not None and bias.requires_grad))
     # the values of a non-binary input, kept compactly (1 byte per SEW ADD integer) by this op itself
